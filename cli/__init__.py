@@ -1,0 +1,1 @@
+"""The ``minisw`` command line: Swarm's verbs, flags, columns and progress display."""

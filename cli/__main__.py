@@ -1,0 +1,3 @@
+from minisw.cli.main import main
+
+main()

@@ -1,0 +1,75 @@
+"""``minisw manager`` and ``minisw agent``: run one process in the foreground.
+
+The manager and agent packages are imported inside the commands so that the plain CLI stays
+light and never loads either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import click
+
+__all__ = ["agent_command", "manager_command", "setup_logging"]
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+
+
+def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main``; SIGTERM and SIGINT cancel it so it can shut down cleanly."""
+
+    async def runner() -> None:
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(runner())
+
+
+@click.command("manager")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where this manager keeps its state")
+@click.option("--listen", required=True, help="Control API address HOST:PORT")
+@click.option("--raft-listen", default="", help="Raft address HOST:PORT (default: the control port + 1)")
+@click.option("--init", is_flag=True, help="Start a new cluster")
+@click.option("--join", default="", help="Join the cluster of the manager at ADDR")
+@click.option("--token", default="", help="The manager join token")
+@click.option("--hostname", default=socket.gethostname(), show_default=True, help="Node name")
+@click.option("-v", "--verbose", is_flag=True)
+def manager_command(data_dir: str, listen: str, raft_listen: str, init: bool, join: str, token: str,
+                    hostname: str, verbose: bool) -> None:
+    """Run a manager in the foreground."""
+    if init and join:
+        raise click.UsageError("--init and --join exclude each other: start a new cluster or join one")
+    if join and not token:
+        raise click.UsageError("--join needs --token (see `minisw join-token manager`)")
+    setup_logging(verbose)
+    from minisw.manager.errors import ManagerError
+    from minisw.manager.main import build_manager
+    from minisw.manager.node import JoinRefused, ManagerConfig
+
+    config = ManagerConfig(data_dir=data_dir, listen=listen, raft_listen=raft_listen, init=init, join=join,
+                           token=token, hostname=hostname)
+    try:
+        run_until_signalled(build_manager(config).run())
+    except JoinRefused as err:
+        raise click.ClickException(f"join refused: {err}") from None
+    except ManagerError as err:
+        raise click.ClickException(str(err)) from None

@@ -1,0 +1,1 @@
+"""The manager: Raft-replicated store plus the leader-only components (swarmkit's manager/)."""

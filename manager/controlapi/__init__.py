@@ -1,0 +1,1 @@
+"""minisw.manager.controlapi"""

@@ -1,0 +1,52 @@
+"""LeaderTerm: the leader-only components of one term, run together and stopped together.
+
+A fresh set of components is built for every term (swarmkit's becomeLeader/becomeFollower), so
+nothing from an earlier term leaks into the next. They run in one TaskGroup: if one of them
+crashes, the others are cancelled and the error surfaces to the ManagerNode, which logs it and
+starts a new term while it still leads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from minisw.manager.state.store import MemoryStore
+
+__all__ = ["Component", "LeaderTerm"]
+
+log = logging.getLogger(__name__)
+
+Component = Callable[[], Awaitable[None]]
+
+
+class LeaderTerm:
+    """Runs ``bootstrap`` once, then every component until cancelled."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        bootstrap: Callable[[], Awaitable[None]],
+        components: list[tuple[str, Component]],
+    ) -> None:
+        self._store = store
+        self._bootstrap = bootstrap
+        self._components = components
+
+    async def run(self) -> None:
+        await self._bootstrap()
+        log.info("leader term started: %s", ", ".join(name for name, _ in self._components) or "no components")
+        async with asyncio.TaskGroup() as group:
+            for name, run in self._components:
+                group.create_task(_named(name, run), name=name)
+
+
+async def _named(name: str, run: Component) -> None:
+    try:
+        await run()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("leader component %s crashed", name)
+        raise

@@ -1,0 +1,456 @@
+"""MemoryStore: the cluster's desired and observed state, the spine every component hangs on.
+
+Reads run against the applied state under a short lock. Writes are built in a ``WriteTx`` (a
+synchronous callback: never await inside it), turned into one ``Transaction`` and handed to the
+proposer (Raft). Every replica then runs ``apply_entry`` with the same bytes and the same Raft
+index, so the checks made there (existence, case-insensitive service names, optimistic versions)
+give the same verdict everywhere. With no proposer (unit tests, benchmarks of pure logic) entries
+apply at once.
+
+``apply_entry`` is called from the Raft library's thread; watchers live on the asyncio loop and
+get events through ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, Union
+
+from minisw.manager.errors import (
+    AlreadyExists,
+    ManagerError,
+    NameConflict,
+    NotFound,
+    SequenceConflict,
+)
+from minisw.proto import objects_pb2 as pb
+
+__all__ = [
+    "MAX_CHANGES_PER_TRANSACTION",
+    "Commit",
+    "Event",
+    "MemoryStore",
+    "Object",
+    "Proposer",
+    "ReadTx",
+    "WriteTx",
+]
+
+Object = Union[pb.Service, pb.Task, pb.Node, pb.Cluster]
+T = TypeVar("T")
+
+# swarmkit caps a batch's transactions at 200 changes; a Raft entry stays small that way.
+MAX_CHANGES_PER_TRANSACTION = 200
+
+_TABLE_OF = {pb.Service: "service", pb.Task: "task", pb.Node: "node", pb.Cluster: "cluster"}
+_FIELD_OF_TABLE = {"service": "service", "task": "task", "node": "node", "cluster": "cluster"}
+
+# Error strings travel through Raft as apply results; they map back to exceptions here.
+_ERRORS: dict[str, Callable[[str], ManagerError]] = {
+    "sequence": lambda _m: SequenceConflict(),
+    "exists": AlreadyExists,
+    "name": NameConflict,
+    "notfound": NotFound,
+}
+
+
+class Proposer(Protocol):
+    """What the store needs from Raft: commit these bytes and tell me how applying them went."""
+
+    async def propose(self, entry: bytes) -> str:
+        """Return the apply result ("" on success, else "kind:message")."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change inside a committed transaction."""
+
+    action: str  # "create" | "update" | "delete"
+    table: str  # "service" | "task" | "node" | "cluster"
+    obj: Object  # the new object (the old one for delete)
+    old: Object | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Marks the end of one transaction's events."""
+
+    index: int
+
+
+WatchItem = Union[Event, Commit]
+
+
+def table_of(obj: Object) -> str:
+    return _TABLE_OF[type(obj)]
+
+
+class _Tables:
+    """The applied state with the indexes components need. Guarded by MemoryStore._lock."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Object]] = {t: {} for t in _FIELD_OF_TABLE}
+        self.service_by_name: dict[str, str] = {}
+        self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
+        self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
+
+    def put(self, table: str, obj: Object) -> None:
+        self.drop(table, obj.id)
+        self.objects[table][obj.id] = obj
+        if isinstance(obj, pb.Service):
+            self.service_by_name[obj.spec.annotations.name.lower()] = obj.id
+        elif isinstance(obj, pb.Task):
+            self.tasks_by_service[obj.service_id].add(obj.id)
+            if obj.node_id:
+                self.tasks_by_node[obj.node_id].add(obj.id)
+
+    def drop(self, table: str, obj_id: str) -> None:
+        old = self.objects[table].pop(obj_id, None)
+        if isinstance(old, pb.Service):
+            self.service_by_name.pop(old.spec.annotations.name.lower(), None)
+        elif isinstance(old, pb.Task):
+            _discard(self.tasks_by_service, old.service_id, old.id)
+            if old.node_id:
+                _discard(self.tasks_by_node, old.node_id, old.id)
+
+
+def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(value)
+        if not members:
+            del index[key]
+
+
+class ReadTx:
+    """A read view. Objects handed out are copies: mutate them freely, then write them back."""
+
+    def __init__(self, tables: _Tables) -> None:
+        self._t = tables
+
+    def _get(self, table: str, obj_id: str) -> Object | None:
+        obj = self._t.objects[table].get(obj_id)
+        return _copy(obj) if obj is not None else None
+
+    def _all(self, table: str) -> list[Object]:
+        return [_copy(o) for o in self._t.objects[table].values()]
+
+    def get_service(self, service_id: str) -> pb.Service | None:
+        return self._get("service", service_id)  # type: ignore[return-value]
+
+    def get_task(self, task_id: str) -> pb.Task | None:
+        return self._get("task", task_id)  # type: ignore[return-value]
+
+    def get_node(self, node_id: str) -> pb.Node | None:
+        return self._get("node", node_id)  # type: ignore[return-value]
+
+    def get_cluster(self) -> pb.Cluster | None:
+        clusters = self._all("cluster")
+        return clusters[0] if clusters else None  # type: ignore[return-value]
+
+    def services(self) -> list[pb.Service]:
+        return self._all("service")  # type: ignore[return-value]
+
+    def tasks(self) -> list[pb.Task]:
+        return self._all("task")  # type: ignore[return-value]
+
+    def nodes(self) -> list[pb.Node]:
+        return self._all("node")  # type: ignore[return-value]
+
+    def service_by_name(self, name: str) -> pb.Service | None:
+        service_id = self._t.service_by_name.get(name.lower())
+        return self.get_service(service_id) if service_id else None
+
+    def tasks_by_service(self, service_id: str) -> list[pb.Task]:
+        ids = self._t.tasks_by_service.get(service_id, ())
+        return [t for t in (self.get_task(i) for i in ids) if t is not None]
+
+    def tasks_by_node(self, node_id: str) -> list[pb.Task]:
+        ids = self._t.tasks_by_node.get(node_id, ())
+        return [t for t in (self.get_task(i) for i in ids) if t is not None]
+
+    def count(self, table: str) -> int:
+        return len(self._t.objects[table])
+
+
+class WriteTx(ReadTx):
+    """Collects changes; reads by ID see this transaction's own writes."""
+
+    def __init__(self, tables: _Tables) -> None:
+        super().__init__(tables)
+        self.actions: list[pb.StoreAction] = []
+        self._pending: dict[tuple[str, str], Object | None] = {}
+
+    def _get(self, table: str, obj_id: str) -> Object | None:
+        if (table, obj_id) in self._pending:
+            obj = self._pending[(table, obj_id)]
+            return _copy(obj) if obj is not None else None
+        return super()._get(table, obj_id)
+
+    def _record(self, kind: pb.StoreAction.Kind.ValueType, obj: Object, gone: bool = False) -> None:
+        table = table_of(obj)
+        action = pb.StoreAction(kind=kind)
+        getattr(action, _FIELD_OF_TABLE[table]).CopyFrom(obj)
+        self.actions.append(action)
+        self._pending[(table, obj.id)] = None if gone else _copy(obj)
+
+    def create(self, obj: Object) -> None:
+        self._record(pb.StoreAction.CREATE, obj)
+
+    def update(self, obj: Object) -> None:
+        """Write ``obj``; it must carry the version it was read at (optimistic concurrency)."""
+        self._record(pb.StoreAction.UPDATE, obj)
+
+    def delete(self, obj: Object) -> None:
+        self._record(pb.StoreAction.DELETE, obj, gone=True)
+
+
+def _copy(obj: T) -> T:
+    new = type(obj)()  # type: ignore[call-arg]
+    new.CopyFrom(obj)  # type: ignore[attr-defined]
+    return new
+
+
+def _target(action: pb.StoreAction) -> tuple[str, Object]:
+    field = action.WhichOneof("target")
+    if field is None:
+        raise ValueError("store action without a target")
+    return field, getattr(action, field)
+
+
+class MemoryStore:
+    """Tables + transactions + watch queues. One instance per manager process."""
+
+    def __init__(self, proposer: Proposer | None = None) -> None:
+        self._lock = threading.RLock()
+        self._tables = _Tables()
+        self._proposer = proposer
+        self._local_index = 0  # only used without a proposer
+        self._watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[WatchItem]]] = []
+        self.last_index = 0
+
+    def set_proposer(self, proposer: Proposer) -> None:
+        self._proposer = proposer
+
+    # ---- reads ---------------------------------------------------------------------------
+    def view(self, fn: Callable[[ReadTx], T]) -> T:
+        with self._lock:
+            return fn(ReadTx(self._tables))
+
+    # ---- writes --------------------------------------------------------------------------
+    async def update(self, fn: Callable[[WriteTx], T]) -> T:
+        """Run ``fn`` in a write transaction and commit its changes as one Raft entry."""
+        with self._lock:
+            tx = WriteTx(self._tables)
+            result = fn(tx)
+        if tx.actions:
+            await self._commit(tx.actions)
+        return result
+
+    async def batch(self, fns: Iterable[Callable[[WriteTx], object]]) -> list[ManagerError]:
+        """Apply many small independent updates, grouped into capped transactions.
+
+        A group that fails (say one stale version) is retried one update at a time so that the
+        others still land; the errors of the ones that failed are returned.
+        """
+        errors: list[ManagerError] = []
+        group: list[Callable[[WriteTx], object]] = []
+
+        async def flush() -> None:
+            if not group:
+                return
+            try:
+                await self.update(lambda tx: [fn(tx) for fn in group])
+            except (SequenceConflict, AlreadyExists, NameConflict, NotFound):
+                for fn in group:
+                    try:
+                        await self.update(fn)
+                    except (SequenceConflict, AlreadyExists, NameConflict, NotFound) as err:
+                        errors.append(err)
+            group.clear()
+
+        pending = 0
+        for fn in fns:
+            group.append(fn)
+            pending += 1
+            if pending >= MAX_CHANGES_PER_TRANSACTION:
+                await flush()
+                pending = 0
+        await flush()
+        return errors
+
+    async def _commit(self, actions: list[pb.StoreAction]) -> None:
+        entry = pb.Transaction(actions=actions)
+        entry.now.GetCurrentTime()
+        data = entry.SerializeToString()
+        if self._proposer is None:
+            with self._lock:
+                self._local_index += 1
+                result = self.apply_entry(data, self._local_index)
+        else:
+            result = await self._proposer.propose(data)
+        if result:
+            kind, _, message = result.partition(":")
+            raise _ERRORS.get(kind, ManagerError)(message)
+
+    # ---- replication ---------------------------------------------------------------------
+    def apply_entry(self, data: bytes, index: int) -> str:
+        """Apply one committed entry at Raft ``index``. Deterministic: same verdict on every replica."""
+        entry = pb.Transaction.FromString(data)
+        with self._lock:
+            self.last_index = max(self.last_index, index)
+            try:
+                staged = self._check(entry, index)
+            except ManagerError as err:
+                code = next((k for k, f in _ERRORS.items() if type(f("")) is type(err)), "error")
+                return f"{code}:{err}"
+            events: list[WatchItem] = []
+            for action, table, new, old in staged:
+                if action == "delete":
+                    self._tables.drop(table, new.id)
+                else:
+                    self._tables.put(table, new)
+                events.append(Event(action, table, _copy(new), old))
+            events.append(Commit(index))
+            self._publish(events)
+        return ""
+
+    def _check(self, entry: pb.Transaction, index: int) -> list[tuple[str, str, Object, Object | None]]:
+        staged: dict[tuple[str, str], Object | None] = {}
+        names: dict[str, str | None] = {}  # lower-cased service name -> id, as staged
+        out: list[tuple[str, str, Object, Object | None]] = []
+
+        def current(table: str, obj_id: str) -> Object | None:
+            if (table, obj_id) in staged:
+                return staged[(table, obj_id)]
+            return self._tables.objects[table].get(obj_id)
+
+        def name_owner(name: str) -> str | None:
+            key = name.lower()
+            return names[key] if key in names else self._tables.service_by_name.get(key)
+
+        for action in entry.actions:
+            table, target = _target(action)
+            obj = _copy(target)
+            old = current(table, obj.id)
+            if action.kind == pb.StoreAction.CREATE:
+                if old is not None:
+                    raise AlreadyExists(f"{table} {obj.id} already exists")
+                obj.meta.created_at.CopyFrom(entry.now)
+            elif old is None:
+                raise NotFound(f"{table} {obj.id} not found")
+            elif action.kind == pb.StoreAction.UPDATE:
+                if obj.meta.version.index != old.meta.version.index:
+                    raise SequenceConflict()
+                obj.meta.created_at.CopyFrom(old.meta.created_at)
+            if isinstance(obj, pb.Service) and action.kind != pb.StoreAction.DELETE:
+                owner = name_owner(obj.spec.annotations.name)
+                if owner is not None and owner != obj.id:
+                    raise NameConflict(f"name conflicts with an existing object: {obj.spec.annotations.name}")
+                if isinstance(old, pb.Service):
+                    names[old.spec.annotations.name.lower()] = None
+                names[obj.spec.annotations.name.lower()] = obj.id
+            if action.kind == pb.StoreAction.DELETE:
+                if isinstance(old, pb.Service):
+                    names[old.spec.annotations.name.lower()] = None
+                staged[(table, obj.id)] = None
+                out.append(("delete", table, _copy(old), old))  # type: ignore[arg-type]
+                continue
+            obj.meta.version.index = index
+            obj.meta.updated_at.CopyFrom(entry.now)
+            staged[(table, obj.id)] = obj
+            name = "create" if action.kind == pb.StoreAction.CREATE else "update"
+            out.append((name, table, obj, _copy(old) if old is not None else None))
+        return out
+
+    # ---- snapshots -----------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        with self._lock:
+            snap = pb.StoreSnapshot()
+            o = self._tables.objects
+            snap.services.extend(o["service"].values())  # type: ignore[arg-type]
+            snap.tasks.extend(o["task"].values())  # type: ignore[arg-type]
+            snap.nodes.extend(o["node"].values())  # type: ignore[arg-type]
+            snap.clusters.extend(o["cluster"].values())  # type: ignore[arg-type]
+            return snap.SerializeToString()
+
+    def restore(self, data: bytes) -> None:
+        snap = pb.StoreSnapshot.FromString(data)
+        with self._lock:
+            self._tables = _Tables()
+            for table, items in (
+                ("service", snap.services),
+                ("task", snap.tasks),
+                ("node", snap.nodes),
+                ("cluster", snap.clusters),
+            ):
+                for obj in items:
+                    self._tables.put(table, _copy(obj))
+
+    # ---- watching ------------------------------------------------------------------------
+    def _publish(self, events: list[WatchItem]) -> None:
+        for loop, queue in list(self._watchers):
+            try:
+                loop.call_soon_threadsafe(_put_all, queue, events)
+            except RuntimeError:  # that loop is closed; its watcher is gone
+                pass
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[asyncio.Queue[WatchItem]]:
+        """Subscribe to committed changes. Subscribe first, then read a snapshot with ``view``."""
+        queue: asyncio.Queue[WatchItem] = asyncio.Queue()
+        entry = (asyncio.get_running_loop(), queue)
+        with self._lock:
+            self._watchers.append(entry)
+        try:
+            yield queue
+        finally:
+            with self._lock:
+                self._watchers.remove(entry)
+
+    @asynccontextmanager
+    async def view_and_watch(
+        self, fn: Callable[[ReadTx], T]
+    ) -> AsyncIterator[tuple[T, asyncio.Queue[WatchItem]]]:
+        """A snapshot and a subscription taken atomically: no change falls between them."""
+        queue: asyncio.Queue[WatchItem] = asyncio.Queue()
+        entry = (asyncio.get_running_loop(), queue)
+        with self._lock:
+            result = fn(ReadTx(self._tables))
+            self._watchers.append(entry)
+        try:
+            yield result, queue
+        finally:
+            with self._lock:
+                self._watchers.remove(entry)
+
+
+def _put_all(queue: asyncio.Queue[WatchItem], events: list[WatchItem]) -> None:
+    for event in events:
+        queue.put_nowait(event)
+
+
+async def drain_until_commit(queue: asyncio.Queue[WatchItem]) -> list[Event]:
+    """Wait for the next transaction's events (up to and including its Commit)."""
+    events: list[Event] = []
+    while True:
+        item = await queue.get()
+        if isinstance(item, Commit):
+            return events
+        events.append(item)
+
+
+def iter_nowait(queue: asyncio.Queue[WatchItem]) -> Iterator[WatchItem]:
+    """Everything already queued, without waiting."""
+    while True:
+        try:
+            yield queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return
+

@@ -1,0 +1,247 @@
+"""The object model as the Docker Engine API's JSON (api/types/swarm): what ``inspect`` prints.
+
+Field names, nesting and omissions follow Go's ``encoding/json`` with the engine's ``omitempty``
+tags; durations are integer nanoseconds and times RFC 3339 with a zone, so that serving the real
+Docker API later is this translation and nothing more.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from minisw.proto import objects_pb2 as pb
+
+__all__ = ["node_json", "rfc3339", "service_json", "task_json", "task_spec_json"]
+
+_RESTART = {0: "none", 1: "on-failure", 2: "any"}
+_FAILURE_ACTION = {0: "pause", 1: "continue", 2: "rollback"}
+_ORDER = {0: "stop-first", 1: "start-first"}
+_PROTOCOL = {0: "tcp", 1: "udp", 2: "sctp"}
+_PUBLISH_MODE = {0: "ingress", 1: "host"}
+_ENDPOINT_MODE = {0: "vip", 1: "dnsrr"}
+_UPDATE_STATE = {
+    0: "",
+    1: "updating",
+    2: "paused",
+    3: "completed",
+    4: "rollback_started",
+    5: "rollback_paused",
+    6: "rollback_completed",
+}
+_NODE_STATE = {0: "unknown", 1: "down", 2: "ready", 3: "disconnected"}
+_AVAILABILITY = {0: "active", 1: "pause", 2: "drain"}
+_REACHABILITY = {0: "unknown", 1: "unreachable", 2: "reachable"}
+_ROLE = {0: "worker", 1: "manager"}
+
+
+def rfc3339(ts: Timestamp) -> str:
+    """``2024-01-01T00:00:00.123456789Z`` (Go's RFC3339Nano: trailing zeros trimmed)."""
+    base = datetime.fromtimestamp(ts.seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    frac = f"{ts.nanos:09d}".rstrip("0")
+    return f"{base}.{frac}Z" if frac else f"{base}Z"
+
+
+def _ns(d: Duration) -> int:
+    return int(d.ToNanoseconds())
+
+
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    """omitempty: leave zero values out."""
+    if value not in (None, "", 0, [], {}, False):
+        out[key] = value
+
+
+def _meta(obj: pb.Service | pb.Task | pb.Node, out: dict[str, Any]) -> None:
+    out["ID"] = obj.id
+    out["Version"] = {"Index": obj.meta.version.index}
+    out["CreatedAt"] = rfc3339(obj.meta.created_at)
+    out["UpdatedAt"] = rfc3339(obj.meta.updated_at)
+
+
+def _resources(r: pb.Resources) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _put(out, "NanoCPUs", r.nano_cpus)
+    _put(out, "MemoryBytes", r.memory_bytes)
+    return out
+
+
+def _container_spec(c: pb.ContainerSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"Image": c.image}
+    _put(out, "Labels", dict(c.labels))
+    _put(out, "Command", list(c.command))
+    _put(out, "Args", list(c.args))
+    _put(out, "Hostname", c.hostname)
+    _put(out, "Env", list(c.env))
+    _put(out, "Dir", c.dir)
+    _put(out, "User", c.user)
+    if c.HasField("init"):
+        out["Init"] = c.init
+    _put(out, "TTY", c.tty)
+    _put(out, "ReadOnly", c.read_only)
+    if c.HasField("stop_grace_period"):
+        out["StopGracePeriod"] = _ns(c.stop_grace_period)
+    _put(out, "StopSignal", c.stop_signal)
+    if c.HasField("healthcheck"):
+        hc: dict[str, Any] = {}
+        _put(hc, "Test", list(c.healthcheck.test))
+        for key, field in (("Interval", "interval"), ("Timeout", "timeout"), ("StartPeriod", "start_period")):
+            if c.healthcheck.HasField(field):
+                _put(hc, key, _ns(getattr(c.healthcheck, field)))
+        _put(hc, "Retries", c.healthcheck.retries)
+        out["Healthcheck"] = hc
+    out["Isolation"] = "default"
+    return out
+
+
+def task_spec_json(t: pb.TaskSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"ContainerSpec": _container_spec(t.container)}
+    res: dict[str, Any] = {}
+    if t.resources.HasField("limits"):
+        res["Limits"] = _resources(t.resources.limits)
+    if t.resources.HasField("reservations"):
+        res["Reservations"] = _resources(t.resources.reservations)
+    out["Resources"] = res
+    if t.HasField("restart"):
+        rp: dict[str, Any] = {"Condition": _RESTART[t.restart.condition]}
+        if t.restart.HasField("delay"):
+            rp["Delay"] = _ns(t.restart.delay)
+        rp["MaxAttempts"] = t.restart.max_attempts
+        if t.restart.HasField("window"):
+            rp["Window"] = _ns(t.restart.window)
+        out["RestartPolicy"] = rp
+    placement: dict[str, Any] = {}
+    _put(placement, "Constraints", list(t.placement.constraints))
+    _put(
+        placement,
+        "Preferences",
+        [{"Spread": {"SpreadDescriptor": p.spread.spread_descriptor}} for p in t.placement.preferences],
+    )
+    _put(placement, "MaxReplicas", t.placement.max_replicas)
+    _put(
+        placement,
+        "Platforms",
+        [{"Architecture": p.architecture, "OS": p.os} for p in t.placement.platforms],
+    )
+    out["Placement"] = placement
+    out["ForceUpdate"] = t.force_update
+    out["Runtime"] = "container"
+    return out
+
+
+def _update_config(u: pb.UpdateConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"Parallelism": u.parallelism}
+    if u.HasField("delay"):
+        _put(out, "Delay", _ns(u.delay))
+    out["FailureAction"] = _FAILURE_ACTION[u.failure_action]
+    if u.HasField("monitor"):
+        _put(out, "Monitor", _ns(u.monitor))
+    ratio = round(u.max_failure_ratio, 6)
+    out["MaxFailureRatio"] = int(ratio) if ratio == int(ratio) else ratio
+    out["Order"] = _ORDER[u.order]
+    return out
+
+
+def _port(p: pb.PortConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _put(out, "Name", p.name)
+    out["Protocol"] = _PROTOCOL[p.protocol]
+    out["TargetPort"] = p.target_port
+    _put(out, "PublishedPort", p.published_port)
+    out["PublishMode"] = _PUBLISH_MODE[p.publish_mode]
+    return out
+
+
+def _endpoint_spec(e: pb.EndpointSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"Mode": _ENDPOINT_MODE[e.mode]}
+    _put(out, "Ports", [_port(p) for p in e.ports])
+    return out
+
+
+def _service_spec(s: pb.ServiceSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"Name": s.annotations.name}
+    _put(out, "Labels", dict(s.annotations.labels))
+    out["TaskTemplate"] = task_spec_json(s.task)
+    if s.HasField("global"):
+        out["Mode"] = {"Global": {}}
+    else:
+        out["Mode"] = {"Replicated": {"Replicas": s.replicated.replicas}}
+    if s.HasField("update"):
+        out["UpdateConfig"] = _update_config(s.update)
+    if s.HasField("rollback"):
+        out["RollbackConfig"] = _update_config(s.rollback)
+    out["EndpointSpec"] = _endpoint_spec(s.endpoint)
+    return out
+
+
+def service_json(s: pb.Service) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _meta(s, out)
+    out["Spec"] = _service_spec(s.spec)
+    if s.HasField("previous_spec"):
+        out["PreviousSpec"] = _service_spec(s.previous_spec)
+    endpoint: dict[str, Any] = {"Spec": _endpoint_spec(s.endpoint.spec)}
+    _put(endpoint, "Ports", [_port(p) for p in s.endpoint.ports])
+    out["Endpoint"] = endpoint
+    if s.HasField("update_status") and s.update_status.state:
+        us: dict[str, Any] = {"State": _UPDATE_STATE[s.update_status.state]}
+        if s.update_status.HasField("started_at"):
+            us["StartedAt"] = rfc3339(s.update_status.started_at)
+        if s.update_status.HasField("completed_at"):
+            us["CompletedAt"] = rfc3339(s.update_status.completed_at)
+        us["Message"] = s.update_status.message
+        out["UpdateStatus"] = us
+    return out
+
+
+def task_json(t: pb.Task) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _meta(t, out)
+    out["Labels"] = {}
+    out["Spec"] = task_spec_json(t.spec)
+    out["ServiceID"] = t.service_id
+    _put(out, "Slot", t.slot)
+    _put(out, "NodeID", t.node_id)
+    status: dict[str, Any] = {
+        "Timestamp": rfc3339(t.status.timestamp),
+        "State": pb.TaskState.Name(t.status.state).lower(),
+        "Message": t.status.message,
+    }
+    _put(status, "Err", t.status.err)
+    if t.status.HasField("container"):
+        c = t.status.container
+        status["ContainerStatus"] = {"ContainerID": c.container_id, "PID": c.pid, "ExitCode": c.exit_code}
+    status["PortStatus"] = {"Ports": [_port(p) for p in t.status.port_status.ports]} if t.status.port_status.ports else {}
+    out["Status"] = status
+    out["DesiredState"] = pb.TaskState.Name(t.desired_state).lower()
+    return out
+
+
+def node_json(n: pb.Node) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _meta(n, out)
+    spec: dict[str, Any] = {}
+    _put(spec, "Name", n.spec.annotations.name)
+    spec["Labels"] = dict(n.spec.annotations.labels)
+    spec["Role"] = _ROLE[n.spec.desired_role]
+    spec["Availability"] = _AVAILABILITY[n.spec.availability]
+    out["Spec"] = spec
+    d = n.description
+    out["Description"] = {
+        "Hostname": d.hostname,
+        "Platform": {"Architecture": d.platform.architecture, "OS": d.platform.os},
+        "Resources": _resources(d.resources),
+        "Engine": {"EngineVersion": d.engine.engine_version, **({"Labels": dict(d.engine.labels)} if d.engine.labels else {})},
+    }
+    out["Status"] = {"State": _NODE_STATE[n.status.state], "Addr": n.status.addr}
+    _put(out["Status"], "Message", n.status.message)
+    if n.role == pb.MANAGER:
+        out["ManagerStatus"] = {
+            **({"Leader": True} if n.manager_status.leader else {}),
+            "Reachability": _REACHABILITY[n.manager_status.reachability],
+            "Addr": n.manager_status.addr,
+        }
+    return out
