@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 import grpc
-
 from minisw.proto import control_pb2_grpc as api_grpc
 
 __all__ = ["CONTEXT_FILE", "Client", "DaemonError", "PlainError", "resolve_host", "save_context"]
@@ -59,8 +58,7 @@ def resolve_host(flag: str | None) -> str:
         except (ValueError, KeyError):
             pass
     raise click.ClickException(
-        "no manager to talk to: pass --host HOST:PORT, set MINISW_HOST, or start a local cluster "
-        "with `minisw dev up`"
+        "no manager to talk to: pass --host HOST:PORT, set MINISW_HOST, or start a local cluster with `minisw dev up`"
     )
 
 
@@ -96,7 +94,6 @@ def translate_errors(host: str) -> Iterator[None]:
             ) from None
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             raise click.ClickException(
-                f"the manager at {host} did not answer in time; the cluster may have lost quorum "
-                "(see `minisw info`)"
+                f"the manager at {host} did not answer in time; the cluster may have lost quorum (see `minisw info`)"
             ) from None
         raise DaemonError(details, code) from None

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-__all__ = ["agent_command", "manager_command", "setup_logging"]
+__all__ = ["manager_command", "run_until_signalled", "setup_logging"]
 
 
 def setup_logging(verbose: bool) -> None:
@@ -53,8 +53,9 @@ def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
 @click.option("--token", default="", help="The manager join token")
 @click.option("--hostname", default=socket.gethostname(), show_default=True, help="Node name")
 @click.option("-v", "--verbose", is_flag=True)
-def manager_command(data_dir: str, listen: str, raft_listen: str, init: bool, join: str, token: str,
-                    hostname: str, verbose: bool) -> None:
+def manager_command(
+    data_dir: str, listen: str, raft_listen: str, init: bool, join: str, token: str, hostname: str, verbose: bool
+) -> None:
     """Run a manager in the foreground."""
     if init and join:
         raise click.UsageError("--init and --join exclude each other: start a new cluster or join one")
@@ -65,8 +66,9 @@ def manager_command(data_dir: str, listen: str, raft_listen: str, init: bool, jo
     from minisw.manager.main import build_manager
     from minisw.manager.node import JoinRefused, ManagerConfig
 
-    config = ManagerConfig(data_dir=data_dir, listen=listen, raft_listen=raft_listen, init=init, join=join,
-                           token=token, hostname=hostname)
+    config = ManagerConfig(
+        data_dir=data_dir, listen=listen, raft_listen=raft_listen, init=init, join=join, token=token, hostname=hostname
+    )
     try:
         run_until_signalled(build_manager(config).run())
     except JoinRefused as err:

@@ -19,12 +19,11 @@ from typing import Any
 
 import click
 import grpc
-
 from minisw.cli.client import CONTEXT_FILE, save_context
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
 
-__all__ = ["Process", "dev", "default_dir"]
+__all__ = ["Process", "default_dir", "dev"]
 
 CONTROL_PORT = 4242
 READY_TIMEOUT = 60.0
@@ -142,8 +141,10 @@ def up(managers: str, workers: int, directory: str) -> None:
     save(directory, procs)
     leader_addr = procs[0].address
     save_context(leader_addr, directory)
-    click.echo(f"cluster up in {directory}: {sum(p.role == 'manager' for p in procs)} managers, "
-               f"{sum(p.node_role == 'worker' for p in procs)} workers")
+    click.echo(
+        f"cluster up in {directory}: {sum(p.role == 'manager' for p in procs)} managers, "
+        f"{sum(p.node_role == 'worker' for p in procs)} workers"
+    )
     click.echo(f"manager: {leader_addr}  (saved as the CLI's context; try `minisw node ls`)")
 
 
@@ -167,8 +168,9 @@ def _create(directory: str, managers: int, workers: int) -> list[Process]:
         spawn(proc)
         procs.append(proc)
         save(directory, procs)
-        wait_for(f"manager{i} to join",
-                 lambda n=i: call(first.address, "Info", api.Empty()).reachable_managers >= n, procs)
+        wait_for(
+            f"manager{i} to join", lambda n=i: call(first.address, "Info", api.Empty()).reachable_managers >= n, procs
+        )
     _wait_ready(procs)
     return procs
 

@@ -10,8 +10,14 @@ __all__ = ["pretty_service"]
 
 _FAILURE = {0: "pause", 1: "continue", 2: "rollback"}
 _ORDER = {0: "stop-first", 1: "start-first"}
-_UPDATE_STATE = {1: "updating", 2: "paused", 3: "completed", 4: "rollback_started", 5: "rollback_paused",
-                 6: "rollback_completed"}
+_UPDATE_STATE = {
+    1: "updating",
+    2: "paused",
+    3: "completed",
+    4: "rollback_started",
+    5: "rollback_paused",
+    6: "rollback_completed",
+}
 _PROTO = {0: "tcp", 1: "udp", 2: "sctp"}
 _PUBLISH = {0: "ingress", 1: "host"}
 
@@ -104,9 +110,13 @@ def pretty_service(s: pb.Service) -> str:
             ]
     if c.HasField("healthcheck") and c.healthcheck.test:
         hc = c.healthcheck
-        lines += [" Healthcheck:", f"  Interval = {format_duration(hc.interval.ToNanoseconds())}",
-                  f"  Retries = {hc.retries}", f"  StartPeriod = {format_duration(hc.start_period.ToNanoseconds())}",
-                  f"  Timeout = {format_duration(hc.timeout.ToNanoseconds())}"]
+        lines += [
+            " Healthcheck:",
+            f"  Interval = {format_duration(hc.interval.ToNanoseconds())}",
+            f"  Retries = {hc.retries}",
+            f"  StartPeriod = {format_duration(hc.start_period.ToNanoseconds())}",
+            f"  Timeout = {format_duration(hc.timeout.ToNanoseconds())}",
+        ]
         if len(hc.test) > 1 and hc.test[0] in ("CMD", "CMD-SHELL"):
-            lines += [f"  Tests:", *[f"\t Test = {t}" for t in hc.test[1:]]]
+            lines += ["  Tests:", *[f"\t Test = {t}" for t in hc.test[1:]]]
     return "\n".join(lines).expandtabs(8) + "\n"

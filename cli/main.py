@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-
 from minisw.cli.client import Client, resolve_host
 from minisw.cli.daemon import manager_command
 from minisw.cli.dev import dev
@@ -15,7 +14,9 @@ __all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-H", "--host", envvar=None, help="Manager address HOST:PORT (default: $MINISW_HOST, then the dev context)")
+@click.option(
+    "-H", "--host", envvar=None, help="Manager address HOST:PORT (default: $MINISW_HOST, then the dev context)"
+)
 @click.pass_context
 def cli(ctx: click.Context, host: str | None) -> None:
     """minisw: Docker Swarm's services on a few machines you can read."""
@@ -27,7 +28,11 @@ def cli(ctx: click.Context, host: str | None) -> None:
         return clients[0]
 
     ctx.obj = {"client": make}
-    ctx.call_on_close(lambda: [c.close() for c in clients])
+    def close_all() -> None:
+        for client in clients:
+            client.close()
+
+    ctx.call_on_close(close_all)
 
 
 cli.add_command(service)
@@ -51,8 +56,10 @@ def join_token(ctx: click.Context, role: str, quiet: bool) -> None:
     info = client.call("Info", api.Empty())
     command = "agent" if role == "worker" else "manager"
     click.echo(f"To add a {role} to this swarm, run the following command:\n")
-    click.echo(f"    minisw {command} --join {info.leader_addr or client.host} --token {token} --data-dir DIR"
-               + (" --listen HOST:PORT" if role == "manager" else ""))
+    click.echo(
+        f"    minisw {command} --join {info.leader_addr or client.host} --token {token} --data-dir DIR"
+        + (" --listen HOST:PORT" if role == "manager" else "")
+    )
     click.echo()
 
 

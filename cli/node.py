@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-
 from minisw.cli.client import Client, DaemonError, PlainError
 from minisw.cli.output import json_lines, natural_key, table
 from minisw.cli.specflags import split_kv
@@ -67,8 +66,12 @@ def ls(ctx: click.Context, quiet: bool, fmt: str | None) -> None:
             click.echo(json_lines(rows))
     else:
         cols = ["ID", "Hostname", "Status", "Availability", "ManagerStatus", "EngineVersion"]
-        click.echo(table(["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"],
-                         [[r[c] for c in cols] for r in rows]))
+        click.echo(
+            table(
+                ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"],
+                [[r[c] for c in cols] for r in rows],
+            )
+        )
 
 
 @node.command()
@@ -96,8 +99,9 @@ def inspect(ctx: click.Context, nodes: tuple[str, ...]) -> None:
 @click.option("--label-add", multiple=True, help="Add or update a node label (key=value)")
 @click.option("--label-rm", multiple=True, help="Remove a node label if exists")
 @click.pass_context
-def update(ctx: click.Context, node_ref: str, availability: str | None, label_add: tuple[str, ...],
-           label_rm: tuple[str, ...]) -> None:
+def update(
+    ctx: click.Context, node_ref: str, availability: str | None, label_add: tuple[str, ...], label_rm: tuple[str, ...]
+) -> None:
     """Update a node."""
     client = _client(ctx)
     current = client.call("GetNode", api.GetNodeRequest(node_id=node_ref)).node

@@ -12,7 +12,6 @@ import time
 from typing import TextIO
 
 import click
-
 from minisw.cli.client import Client
 from minisw.proto import control_pb2 as api
 from minisw.proto import objects_pb2 as pb
@@ -23,9 +22,15 @@ __all__ = ["ConvergenceFailed", "wait_for_service"]
 
 POLL = 0.2
 MAX_SLOT_LINES = 20
-_ORDINAL = {
-    pb.NEW: 1, pb.PENDING: 3, pb.ASSIGNED: 4, pb.ACCEPTED: 5, pb.PREPARING: 6,
-    pb.READY: 7, pb.STARTING: 8, pb.RUNNING: 9,
+_ORDINAL: dict[int, int] = {
+    pb.NEW: 1,
+    pb.PENDING: 3,
+    pb.ASSIGNED: 4,
+    pb.ACCEPTED: 5,
+    pb.PREPARING: 6,
+    pb.READY: 7,
+    pb.STARTING: 8,
+    pb.RUNNING: 9,
 }
 _US = pb.UpdateStatus
 
@@ -80,7 +85,7 @@ def _slot_line(task: pb.Task, tty: bool) -> str:
     if task.status.err:
         err = task.status.err.replace("\n", " ")
         return err if len(err) <= 75 else err[:74] + "…"
-    name = pb.TaskState.Name(task.status.state).lower()  # type: ignore[arg-type]
+    name = str(pb.TaskState.Name(task.status.state)).lower()
     if task.status.state > pb.RUNNING:
         return name
     return f"{name:<9} {_bar(task.status.state)}" if tty else name
@@ -104,7 +109,11 @@ def wait_for_service(client: Client, service_id: str, ref: str, out: TextIO | No
             raise ConvergenceFailed(f"service update paused: {status.message}")
         if status.state == _US.ROLLBACK_PAUSED:
             raise ConvergenceFailed(f"service rollback paused: {status.message}")
-        if status.state == _US.ROLLBACK_STARTED and not rollback_announced and status.message != "manually requested rollback":
+        if (
+            status.state == _US.ROLLBACK_STARTED
+            and not rollback_announced
+            and status.message != "manually requested rollback"
+        ):
             screen.message(f"rollback: {status.message}")
             rollback_announced = True
         rolling_back = status.state in (_US.ROLLBACK_STARTED, _US.ROLLBACK_COMPLETED)

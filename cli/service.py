@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 import click
-
 from minisw.cli.client import Client, DaemonError, PlainError
 from minisw.cli.inspect_pretty import pretty_service
 from minisw.cli.output import json_lines, service_rows, table, task_rows, with_history_marks
@@ -47,7 +46,7 @@ def service() -> None:
 @click.option("--entrypoint", help="Overwrite the default ENTRYPOINT of the image")
 @config_options
 @click.pass_context
-def create(ctx: click.Context, image: str, command: tuple[str, ...], **o: Any) -> None:
+def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any) -> None:
     """Create a new service."""
     spec = pb.ServiceSpec()
     spec.annotations.name = o["name"] or _random_name()
@@ -141,8 +140,12 @@ def ls(ctx: click.Context, quiet: bool, fmt: str | None, filters: tuple[str, ...
         if rows:
             click.echo(json_lines(rows))
     else:
-        click.echo(table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"],
-                         [[r["ID"], r["Name"], r["Mode"], r["Replicas"], r["Image"], r["Ports"]] for r in rows]))
+        click.echo(
+            table(
+                ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"],
+                [[r["ID"], r["Name"], r["Mode"], r["Replicas"], r["Image"], r["Ports"]] for r in rows],
+            )
+        )
 
 
 def _is_json(fmt: str | None) -> bool:
@@ -180,8 +183,15 @@ def _resolve_service_ids(client: Client, refs: tuple[str, ...]) -> list[pb.Servi
 @click.option("--format", "fmt", help="Format output: json prints one JSON object per line")
 @click.option("-f", "--filter", "filters", multiple=True, help="Filter output (desired-state=, node=, id=)")
 @click.pass_context
-def ps(ctx: click.Context, services: tuple[str, ...], quiet: bool, no_trunc: bool, no_resolve: bool,
-       fmt: str | None, filters: tuple[str, ...]) -> None:
+def ps(
+    ctx: click.Context,
+    services: tuple[str, ...],
+    quiet: bool,
+    no_trunc: bool,
+    no_resolve: bool,
+    fmt: str | None,
+    filters: tuple[str, ...],
+) -> None:
     """List the tasks of one or more services."""
     client = _client(ctx)
     found = _resolve_service_ids(client, services)
@@ -213,8 +223,12 @@ def ps(ctx: click.Context, services: tuple[str, ...], quiet: bool, no_trunc: boo
             click.echo(json_lines(rows))
         return
     cols = ["ID", "Name", "Image", "Node", "DesiredState", "CurrentState", "Error", "Ports"]
-    click.echo(table(["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"],
-                     [[r[c] for c in cols] for r in with_history_marks(rows)]))
+    click.echo(
+        table(
+            ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"],
+            [[r[c] for c in cols] for r in with_history_marks(rows)],
+        )
+    )
 
 
 @service.command()
@@ -261,7 +275,9 @@ def scale(ctx: click.Context, pairs: tuple[str, ...], detach: bool) -> None:
             if count < 0:
                 raise ValueError
         except ValueError:
-            raise click.UsageError(f"{m.group(1)}: invalid replicas value {m.group(2)}: must be a whole number >= 0") from None
+            raise click.UsageError(
+                f"{m.group(1)}: invalid replicas value {m.group(2)}: must be a whole number >= 0"
+            ) from None
         wanted.append((m.group(1), count))
     client = _client(ctx)
     errors: list[str] = []
@@ -275,8 +291,10 @@ def scale(ctx: click.Context, pairs: tuple[str, ...], detach: bool) -> None:
             spec = pb.ServiceSpec()
             spec.CopyFrom(current.spec)
             spec.replicated.replicas = count
-            client.call("UpdateService", api.UpdateServiceRequest(
-                service_id=current.id, service_version=current.meta.version, spec=spec))
+            client.call(
+                "UpdateService",
+                api.UpdateServiceRequest(service_id=current.id, service_version=current.meta.version, spec=spec),
+            )
             click.echo(f"{name} scaled to {count}")
             scaled.append((current.id, name))
         except DaemonError as err:
@@ -323,13 +341,15 @@ def _apply_list_changes(target: Any, add: tuple[str, ...], rm: tuple[str, ...], 
 @click.option("--rollback", is_flag=True, help="Rollback to previous specification")
 @config_options
 @click.pass_context
-def update(ctx: click.Context, service_ref: str, **o: Any) -> None:
+def update(ctx: click.Context, /, service_ref: str, **o: Any) -> None:
     """Update a service."""
     client = _client(ctx)
     current = client.call("GetService", api.GetServiceRequest(service_id=service_ref)).service
     if o["rollback"]:
-        client.call("UpdateService", api.UpdateServiceRequest(
-            service_id=current.id, service_version=current.meta.version, rollback=True))
+        client.call(
+            "UpdateService",
+            api.UpdateServiceRequest(service_id=current.id, service_version=current.meta.version, rollback=True),
+        )
         click.echo(service_ref)
         if not (o["detach"] or o["quiet"]):
             wait_for_service(client, current.id, service_ref)
@@ -358,8 +378,11 @@ def update(ctx: click.Context, service_ref: str, **o: Any) -> None:
     for key in o["container_label_rm"]:
         c.labels.pop(key, None)
     _apply_list_changes(spec.task.placement.constraints, o["constraint_add"], o["constraint_rm"])
-    prefs = [p for p in spec.task.placement.preferences
-             if f"spread={p.spread.spread_descriptor}" not in o["placement_pref_rm"]]
+    prefs = [
+        p
+        for p in spec.task.placement.preferences
+        if f"spread={p.spread.spread_descriptor}" not in o["placement_pref_rm"]
+    ]
     prefs += [_placement_pref(v) for v in o["placement_pref_add"]]
     del spec.task.placement.preferences[:]
     spec.task.placement.preferences.extend(prefs)
@@ -368,16 +391,21 @@ def update(ctx: click.Context, service_ref: str, **o: Any) -> None:
         ports = [p for p in spec.endpoint.ports if p.target_port not in removed]
         for value in o["publish_add"]:
             new = parse_publish(value)
-            ports = [p for p in ports if (p.published_port, p.protocol) != (new.published_port, new.protocol)
-                     or not new.published_port]
+            ports = [
+                p
+                for p in ports
+                if (p.published_port, p.protocol) != (new.published_port, new.protocol) or not new.published_port
+            ]
             ports.append(new)
         del spec.endpoint.ports[:]
         spec.endpoint.ports.extend(ports)
     apply_common_flags(spec, o, creating=False)
     if o["force"]:
         spec.task.force_update += 1
-    client.call("UpdateService", api.UpdateServiceRequest(
-        service_id=current.id, service_version=current.meta.version, spec=spec))
+    client.call(
+        "UpdateService",
+        api.UpdateServiceRequest(service_id=current.id, service_version=current.meta.version, spec=spec),
+    )
     click.echo(service_ref)
     if not (o["detach"] or o["quiet"]):
         wait_for_service(client, current.id, service_ref)
@@ -390,7 +418,9 @@ def _target_of(value: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise click.BadParameter(f'invalid port "{value}": give the target port, e.g. 80', param_hint="--publish-rm") from None
+        raise click.BadParameter(
+            f'invalid port "{value}": give the target port, e.g. 80', param_hint="--publish-rm"
+        ) from None
 
 
 @service.command()
@@ -402,8 +432,10 @@ def rollback(ctx: click.Context, service_ref: str, detach: bool, quiet: bool) ->
     """Revert changes to a service's configuration."""
     client = _client(ctx)
     current = client.call("GetService", api.GetServiceRequest(service_id=service_ref)).service
-    client.call("UpdateService", api.UpdateServiceRequest(
-        service_id=current.id, service_version=current.meta.version, rollback=True))
+    client.call(
+        "UpdateService",
+        api.UpdateServiceRequest(service_id=current.id, service_version=current.meta.version, rollback=True),
+    )
     click.echo(service_ref)
     if not (detach or quiet):
         wait_for_service(client, current.id, service_ref)
@@ -424,4 +456,3 @@ def rm(ctx: click.Context, services: tuple[str, ...]) -> None:
             errors.append(err.format_message())
     if errors:
         raise PlainError("\n".join(errors))
-

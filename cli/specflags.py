@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-
 from minisw.cli.units import parse_cpus, parse_duration, parse_size
 from minisw.proto import objects_pb2 as pb
 
@@ -33,43 +32,88 @@ def config_options(fn: F) -> F:
         click.option("--limit-memory", help="Limit Memory"),
         click.option("--reserve-cpu", help="Reserve CPUs"),
         click.option("--reserve-memory", help="Reserve Memory"),
-        click.option("--restart-condition", type=click.Choice(list(_RESTART_CONDITIONS)),
-                     help='Restart when condition is met ("none", "on-failure", "any") (default "any")'),
+        click.option(
+            "--restart-condition",
+            type=click.Choice(list(_RESTART_CONDITIONS)),
+            help='Restart when condition is met ("none", "on-failure", "any") (default "any")',
+        ),
         click.option("--restart-delay", help="Delay between restart attempts (ns|us|ms|s|m|h) (default 5s)"),
-        click.option("--restart-max-attempts", type=click.IntRange(min=0), help="Maximum number of restarts before giving up"),
+        click.option(
+            "--restart-max-attempts", type=click.IntRange(min=0), help="Maximum number of restarts before giving up"
+        ),
         click.option("--restart-window", help="Window used to evaluate the restart policy (ns|us|ms|s|m|h)"),
         click.option("--stop-grace-period", help="Time to wait before force killing a container (default 10s)"),
         click.option("--stop-signal", help="Signal to stop the container"),
-        click.option("--replicas-max-per-node", type=click.IntRange(min=0), help="Maximum number of tasks per node (default 0 = unlimited)"),
+        click.option(
+            "--replicas-max-per-node",
+            type=click.IntRange(min=0),
+            help="Maximum number of tasks per node (default 0 = unlimited)",
+        ),
         click.option("--health-cmd", help="Command to run to check health"),
         click.option("--health-interval", help="Time between running the check (ms|s|m|h)"),
         click.option("--health-timeout", help="Maximum time to allow one check to run (ms|s|m|h)"),
-        click.option("--health-retries", type=click.IntRange(min=0), help="Consecutive failures needed to report unhealthy"),
-        click.option("--health-start-period", help="Start period for the container to initialize before counting retries"),
-        click.option("--no-healthcheck", is_flag=True, default=None, help="Disable any container-specified HEALTHCHECK"),
+        click.option(
+            "--health-retries", type=click.IntRange(min=0), help="Consecutive failures needed to report unhealthy"
+        ),
+        click.option(
+            "--health-start-period", help="Start period for the container to initialize before counting retries"
+        ),
+        click.option(
+            "--no-healthcheck", is_flag=True, default=None, help="Disable any container-specified HEALTHCHECK"
+        ),
         click.option("-w", "--workdir", help="Working directory inside the container"),
         click.option("-u", "--user", help="Username or UID (format: <name|uid>[:<group|gid>])"),
         click.option("--hostname", help="Container hostname"),
         click.option("--init", is_flag=True, default=None, help="Use an init inside each service container"),
         click.option("-t", "--tty", is_flag=True, default=None, help="Allocate a pseudo-TTY"),
-        click.option("--read-only", is_flag=True, default=None, help="Mount the container's root filesystem as read only"),
-        click.option("--endpoint-mode", type=click.Choice(["vip", "dnsrr"]), help='Endpoint mode (vip or dnsrr) (default "vip")'),
-        click.option("--no-resolve-image", is_flag=True, default=False,
-                     help="Do not query the registry to resolve image digest (there is no registry: always on)"),
-        click.option("-d", "--detach", is_flag=True, default=False,
-                     help="Exit immediately instead of waiting for the service to converge"),
+        click.option(
+            "--read-only", is_flag=True, default=None, help="Mount the container's root filesystem as read only"
+        ),
+        click.option(
+            "--endpoint-mode", type=click.Choice(["vip", "dnsrr"]), help='Endpoint mode (vip or dnsrr) (default "vip")'
+        ),
+        click.option(
+            "--no-resolve-image",
+            is_flag=True,
+            default=False,
+            help="Do not query the registry to resolve image digest (there is no registry: always on)",
+        ),
+        click.option(
+            "-d",
+            "--detach",
+            is_flag=True,
+            default=False,
+            help="Exit immediately instead of waiting for the service to converge",
+        ),
         click.option("-q", "--quiet", is_flag=True, default=False, help="Suppress progress output"),
     ]
     for prefix, what in (("update", "Update"), ("rollback", "Rollback")):
         opts += [
-            click.option(f"--{prefix}-parallelism", type=click.IntRange(min=0),
-                         help=f"Maximum number of tasks {what.lower()}d simultaneously (0 to {what.lower()} all at once) (default 1)"),
+            click.option(
+                f"--{prefix}-parallelism",
+                type=click.IntRange(min=0),
+                help=f"Maximum number of tasks {what.lower()}d simultaneously (0: all at once) (default 1)",
+            ),
             click.option(f"--{prefix}-delay", help=f"Delay between {what.lower()}s (ns|us|ms|s|m|h) (default 0s)"),
-            click.option(f"--{prefix}-failure-action", type=click.Choice(list(_FAILURE_ACTIONS) if prefix == "update" else ["pause", "continue"]),
-                         help=f'Action on {what.lower()} failure (default "pause")'),
-            click.option(f"--{prefix}-monitor", help=f"Duration after each task {what.lower()} to monitor for failure (ns|us|ms|s|m|h) (default 5s)"),
-            click.option(f"--{prefix}-max-failure-ratio", type=click.FloatRange(0, 1), help=f"Failure rate to tolerate during an {what.lower()} (default 0)"),
-            click.option(f"--{prefix}-order", type=click.Choice(list(_ORDERS)), help=f'{what} order ("start-first", "stop-first") (default "stop-first")'),
+            click.option(
+                f"--{prefix}-failure-action",
+                type=click.Choice(list(_FAILURE_ACTIONS) if prefix == "update" else ["pause", "continue"]),
+                help=f'Action on {what.lower()} failure (default "pause")',
+            ),
+            click.option(
+                f"--{prefix}-monitor",
+                help=f"Duration after each task {what.lower()} to monitor for failure (ns|us|ms|s|m|h) (default 5s)",
+            ),
+            click.option(
+                f"--{prefix}-max-failure-ratio",
+                type=click.FloatRange(0, 1),
+                help=f"Failure rate to tolerate during an {what.lower()} (default 0)",
+            ),
+            click.option(
+                f"--{prefix}-order",
+                type=click.Choice(list(_ORDERS)),
+                help=f'{what} order ("start-first", "stop-first") (default "stop-first")',
+            ),
         ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -174,7 +218,10 @@ def apply_common_flags(spec: pb.ServiceSpec, o: dict[str, Any], *, creating: boo
 
     for prefix in ("update", "rollback"):
         cfg = getattr(spec, prefix)
-        given = any(o[f"{prefix}_{k}"] is not None for k in ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"))
+        given = any(
+            o[f"{prefix}_{k}"] is not None
+            for k in ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order")
+        )
         if not (creating or given):
             continue
         if not spec.HasField(prefix):
@@ -196,7 +243,8 @@ def apply_common_flags(spec: pb.ServiceSpec, o: dict[str, Any], *, creating: boo
 
 def _apply_health(c: pb.ContainerSpec, o: dict[str, Any]) -> None:
     if o["no_healthcheck"] and any(
-        o[k] is not None for k in ("health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period")
+        o[k] is not None
+        for k in ("health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period")
     ):
         raise click.UsageError("--no-healthcheck conflicts with --health-* options")
     if o["no_healthcheck"]:
@@ -209,7 +257,11 @@ def _apply_health(c: pb.ContainerSpec, o: dict[str, Any]) -> None:
         del hc.test[:]
         hc.test.extend(["CMD-SHELL", o["health_cmd"]])
         touched = True
-    for flag, field in (("health_interval", "interval"), ("health_timeout", "timeout"), ("health_start_period", "start_period")):
+    for flag, field in (
+        ("health_interval", "interval"),
+        ("health_timeout", "timeout"),
+        ("health_start_period", "start_period"),
+    ):
         if o[flag] is not None:
             _dur(o[flag], "--" + flag.replace("_", "-"), hc, field)
             touched = True

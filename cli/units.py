@@ -6,7 +6,7 @@ import re
 
 import click
 
-__all__ = ["parse_cpus", "parse_duration", "parse_size", "format_duration"]
+__all__ = ["format_duration", "parse_cpus", "parse_duration", "parse_size"]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
@@ -69,7 +69,9 @@ def parse_cpus(value: str, flag: str) -> int:
     try:
         cpus = float(value)
     except ValueError:
-        raise click.BadParameter(f'invalid CPU value "{value}": use a decimal number like 0.5', param_hint=flag) from None
+        raise click.BadParameter(
+            f'invalid CPU value "{value}": use a decimal number like 0.5', param_hint=flag
+        ) from None
     if cpus < 0:
         raise click.BadParameter(f'invalid CPU value "{value}": must not be negative', param_hint=flag)
     return round(cpus * 1e9)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExists",
+    "FailedPrecondition",
     "InvalidArgument",
     "ManagerError",
     "NameConflict",
-    "NotFound",
     "NoQuorum",
+    "NotFound",
     "SequenceConflict",
-    "FailedPrecondition",
 ]
 
 

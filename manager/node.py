@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import grpc
-
 from minisw.manager import ids
 from minisw.manager.controlapi.server import ControlServer
 from minisw.manager.errors import FailedPrecondition, InvalidArgument, NoQuorum
@@ -260,9 +259,7 @@ class ManagerNode:
                             orchestration=pb.ClusterSpec.Orchestration(
                                 task_history_retention_limit=TASK_HISTORY_RETENTION
                             ),
-                            dispatcher=pb.ClusterSpec.Dispatcher(
-                                heartbeat_period=duration(DEFAULT_HEARTBEAT_PERIOD)
-                            ),
+                            dispatcher=pb.ClusterSpec.Dispatcher(heartbeat_period=duration(DEFAULT_HEARTBEAT_PERIOD)),
                         ),
                         join_tokens=pb.JoinTokens(
                             worker=ids.generate_join_token(cluster_id.encode()),

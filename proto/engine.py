@@ -12,7 +12,6 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from minisw.proto import objects_pb2 as pb
 
 __all__ = ["node_json", "rfc3339", "service_json", "task_json", "task_spec_json"]
@@ -89,7 +88,7 @@ def _container_spec(c: pb.ContainerSpec) -> dict[str, Any]:
         hc: dict[str, Any] = {}
         _put(hc, "Test", list(c.healthcheck.test))
         for key, field in (("Interval", "interval"), ("Timeout", "timeout"), ("StartPeriod", "start_period")):
-            if c.healthcheck.HasField(field):
+            if c.healthcheck.HasField(field):  # type: ignore[arg-type]
                 _put(hc, key, _ns(getattr(c.healthcheck, field)))
         _put(hc, "Retries", c.healthcheck.retries)
         out["Healthcheck"] = hc
@@ -214,7 +213,9 @@ def task_json(t: pb.Task) -> dict[str, Any]:
     if t.status.HasField("container"):
         c = t.status.container
         status["ContainerStatus"] = {"ContainerID": c.container_id, "PID": c.pid, "ExitCode": c.exit_code}
-    status["PortStatus"] = {"Ports": [_port(p) for p in t.status.port_status.ports]} if t.status.port_status.ports else {}
+    status["PortStatus"] = (
+        {"Ports": [_port(p) for p in t.status.port_status.ports]} if t.status.port_status.ports else {}
+    )
     out["Status"] = status
     out["DesiredState"] = pb.TaskState.Name(t.desired_state).lower()
     return out
@@ -234,7 +235,10 @@ def node_json(n: pb.Node) -> dict[str, Any]:
         "Hostname": d.hostname,
         "Platform": {"Architecture": d.platform.architecture, "OS": d.platform.os},
         "Resources": _resources(d.resources),
-        "Engine": {"EngineVersion": d.engine.engine_version, **({"Labels": dict(d.engine.labels)} if d.engine.labels else {})},
+        "Engine": {
+            "EngineVersion": d.engine.engine_version,
+            **({"Labels": dict(d.engine.labels)} if d.engine.labels else {}),
+        },
     }
     out["Status"] = {"State": _NODE_STATE[n.status.state], "Addr": n.status.addr}
     _put(out["Status"], "Message", n.status.message)

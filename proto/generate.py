@@ -26,14 +26,19 @@ def main() -> int:
             shutil.copy(HERE / name, src / name)
         out = Path(tmp, "out")
         out.mkdir()
-        import grpc_tools
+        import grpc_tools  # type: ignore[import-untyped]
 
         well_known = Path(grpc_tools.__file__).parent / "_proto"
         cmd = [
-            sys.executable, "-m", "grpc_tools.protoc",
-            f"-I{Path(tmp, 'src')}", f"-I{well_known}",
-            f"--python_out={out}", f"--mypy_out={out}",
-            f"--grpc_python_out={out}", f"--mypy_grpc_out={out}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{Path(tmp, 'src')}",
+            f"-I{well_known}",
+            f"--python_out={out}",
+            f"--mypy_out={out}",
+            f"--grpc_python_out={out}",
+            f"--mypy_grpc_out={out}",
             *[f"minisw/proto/{name}" for name in protos],
         ]
         subprocess.run(cmd, check=True)

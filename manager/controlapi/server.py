@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
-
 from minisw.manager import ids
 from minisw.manager.controlapi.ports import allocate_endpoint
 from minisw.manager.controlapi.validate import validate_node_spec, validate_service_spec
@@ -50,6 +49,7 @@ class ManagerHandle(Protocol):
     def raft_info(self) -> tuple[int, int, int, int, str | None]:
         """(members, reachable, commit index, term, leader raft address)."""
         ...
+
     def check_quorum(self) -> None: ...
     async def join_manager(self, request: api.JoinManagerRequest) -> api.JoinManagerResponse: ...
     async def forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any: ...
@@ -198,9 +198,7 @@ class ControlServer(api_grpc.ControlServicer):
                 raise SequenceConflict()
             if request.rollback:
                 if not service.HasField("previous_spec"):
-                    raise FailedPrecondition(
-                        f"service {service.spec.annotations.name} does not have a previous spec"
-                    )
+                    raise FailedPrecondition(f"service {service.spec.annotations.name} does not have a previous spec")
                 old_spec, old_version = pb.ServiceSpec(), pb.Version()
                 old_spec.CopyFrom(service.spec)
                 old_version.CopyFrom(service.spec_version)

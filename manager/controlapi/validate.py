@@ -103,9 +103,7 @@ def validate_endpoint(ep: pb.EndpointSpec) -> None:
         if not 1 <= port.target_port <= 65535:
             raise InvalidArgument(f"EndpointSpec: invalid target port {port.target_port}: must be 1-65535")
         if port.published_port > 65535:
-            raise InvalidArgument(
-                f"EndpointSpec: invalid published port {port.published_port}: must be 1-65535"
-            )
+            raise InvalidArgument(f"EndpointSpec: invalid published port {port.published_port}: must be 1-65535")
         if port.published_port:
             key = (port.published_port, port.protocol)
             if key in seen:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, Union
+from typing import Protocol, TypeVar
 
 from minisw.manager.errors import (
     AlreadyExists,
@@ -41,7 +41,7 @@ __all__ = [
     "WriteTx",
 ]
 
-Object = Union[pb.Service, pb.Task, pb.Node, pb.Cluster]
+Object = pb.Service | pb.Task | pb.Node | pb.Cluster
 T = TypeVar("T")
 
 # swarmkit caps a batch's transactions at 200 changes; a Raft entry stays small that way.
@@ -84,7 +84,7 @@ class Commit:
     index: int
 
 
-WatchItem = Union[Event, Commit]
+WatchItem = Event | Commit
 
 
 def table_of(obj: Object) -> str:
@@ -415,9 +415,7 @@ class MemoryStore:
                 self._watchers.remove(entry)
 
     @asynccontextmanager
-    async def view_and_watch(
-        self, fn: Callable[[ReadTx], T]
-    ) -> AsyncIterator[tuple[T, asyncio.Queue[WatchItem]]]:
+    async def view_and_watch(self, fn: Callable[[ReadTx], T]) -> AsyncIterator[tuple[T, asyncio.Queue[WatchItem]]]:
         """A snapshot and a subscription taken atomically: no change falls between them."""
         queue: asyncio.Queue[WatchItem] = asyncio.Queue()
         entry = (asyncio.get_running_loop(), queue)
@@ -453,4 +451,3 @@ def iter_nowait(queue: asyncio.Queue[WatchItem]) -> Iterator[WatchItem]:
             yield queue.get_nowait()
         except asyncio.QueueEmpty:
             return
-

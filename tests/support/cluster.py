@@ -1,0 +1,220 @@
+"""Real manager (and agent) processes on loopback addresses, for integration tests.
+
+Each cluster gets its own 127.x.y.0/24 so tests never share ports; each process logs to a file
+in the test's temporary directory, which is printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from minisw.proto import control_pb2 as api
+from minisw.proto import control_pb2_grpc as api_grpc
+
+__all__ = ["AgentProc", "Cluster", "ManagerProc", "poll_until"]
+
+CONTROL_PORT = 4242
+_subnets = itertools.count((os.getpid() * 7) % 200)
+
+
+def next_subnet() -> str:
+    n = next(_subnets) % 250
+    return f"127.{100 + n // 50}.{n % 50 * 5 + 1}"
+
+
+def poll_until(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+    """Call ``check`` until it returns something truthy; fail with the last error otherwise."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (grpc.RpcError, AssertionError, KeyError, IndexError, ValueError) as err:
+            last = err
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last error {last!r}")
+
+
+def minisw_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "minisw.cli", *args]
+
+
+@dataclass
+class _Proc:
+    name: str
+    data_dir: Path
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return Path(str(self.data_dir) + ".log")
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                minisw_command(*self.args),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, **self.env},
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as the tests that say kill mean."""
+        if self.running():
+            assert self.popen is not None
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.running():
+            assert self.popen is not None
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class ManagerProc(_Proc):
+    addr: str = ""
+
+    def stub(self) -> api_grpc.ControlStub:
+        return api_grpc.ControlStub(grpc.insecure_channel(self.addr))
+
+    def info(self, timeout: float = 2.0) -> api.InfoResponse:
+        with grpc.insecure_channel(self.addr) as channel:
+            return api_grpc.ControlStub(channel).Info(api.Empty(), timeout=timeout)  # type: ignore[no-any-return]
+
+
+@dataclass
+class AgentProc(_Proc):
+    host: str = ""
+
+
+class Cluster:
+    """A cluster of real processes, torn down (SIGKILL) at the end of the test."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.subnet = next_subnet()
+        self.managers: list[ManagerProc] = []
+        self.agents: list[AgentProc] = []
+        self.env = {"MINISW_CONFIG": str(root / "config"), **(env or {})}
+
+    # ---- managers -----------------------------------------------------------------------
+    def add_manager(self, wait: bool = True) -> ManagerProc:
+        i = len(self.managers) + 1
+        addr = f"{self.subnet}.{10 + i}:{CONTROL_PORT}"
+        data = self.root / f"manager{i}"
+        args = ["manager", "--data-dir", str(data), "--listen", addr, "--hostname", f"manager{i}"]
+        if self.managers:
+            token = self.cluster().join_tokens.manager
+            args += ["--join", self.managers[0].addr, "--token", token]
+        else:
+            args += ["--init"]
+        proc = ManagerProc(f"manager{i}", data, args, dict(self.env), addr=addr)
+        proc.start()
+        self.managers.append(proc)
+        if wait:
+            poll_until(lambda: proc.info().leader_addr, 30, what=f"{proc.name} to see a leader")
+        return proc
+
+    def start_managers(self, n: int) -> Cluster:
+        for _ in range(n):
+            self.add_manager()
+        self.wait_for_quorum(n)
+        return self
+
+    def wait_for_quorum(self, n: int, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            for m in self.managers:
+                if not m.running():
+                    continue
+                info = m.info()
+                if not info.leader_addr or info.reachable_managers < n:
+                    return False
+            return True
+
+        poll_until(ready, timeout, what=f"{n} managers in quorum")
+
+    def leader(self) -> ManagerProc:
+        def find() -> ManagerProc | None:
+            for m in self.managers:
+                if m.running():
+                    addr = m.info().leader_addr
+                    return next((x for x in self.managers if x.addr == addr and x.running()), None)
+            return None
+
+        return poll_until(find, 30, what="a leader")  # type: ignore[no-any-return]
+
+    def followers(self) -> list[ManagerProc]:
+        leader = self.leader()
+        return [m for m in self.managers if m is not leader and m.running()]
+
+    def any_manager(self) -> ManagerProc:
+        return next(m for m in self.managers if m.running())
+
+    def cluster(self) -> Any:
+        with grpc.insecure_channel(self.any_manager().addr) as channel:
+            return api_grpc.ControlStub(channel).GetCluster(api.Empty(), timeout=5).cluster
+
+    # ---- CLI ----------------------------------------------------------------------------
+    def cli(self, *args: str, host: str | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        host = host or self.any_manager().addr
+        return subprocess.run(
+            minisw_command("--host", host, *args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env},
+        )
+
+    def cli_ok(self, *args: str, host: str | None = None, timeout: float = 120.0) -> str:
+        result = self.cli(*args, host=host, timeout=timeout)
+        assert result.returncode == 0, f"minisw {' '.join(args)} failed ({result.returncode}): {result.stderr}"
+        return result.stdout
+
+    def cli_json(self, *args: str, host: str | None = None) -> Any:
+        out = self.cli_ok(*args, host=host)
+        if out.lstrip().startswith("["):
+            return json.loads(out)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    # ---- teardown -----------------------------------------------------------------------
+    def logs(self) -> str:
+        return "\n".join(f"---- {p.name} ----\n{p.log_tail()}" for p in [*self.managers, *self.agents])
+
+    def teardown(self) -> None:
+        for proc in [*self.agents, *self.managers]:
+            proc.kill()
