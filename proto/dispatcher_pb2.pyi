@@ -215,14 +215,20 @@ class AssignmentsMessage(_message.Message):
     APPLIES_TO_FIELD_NUMBER: _builtins.int
     UPDATE_TASKS_FIELD_NUMBER: _builtins.int
     REMOVE_TASKS_FIELD_NUMBER: _builtins.int
+    ROUTES_CHANGED_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
     type: Global___AssignmentsMessage.Type.ValueType
     sequence: _builtins.int
     applies_to: _builtins.int
     """the sequence this change set builds on"""
+    routes_changed: _builtins.bool
+    """The routing mesh: when routes_changed, routes is the whole new table."""
     @_builtins.property
     def update_tasks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Task]: ...
     @_builtins.property
     def remove_tasks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngressRoute]: ...
     def __init__(
         self,
         *,
@@ -231,14 +237,47 @@ class AssignmentsMessage(_message.Message):
         applies_to: _builtins.int = ...,
         update_tasks: _abc.Iterable[_objects_pb2.Task] | None = ...,
         remove_tasks: _abc.Iterable[_builtins.str] | None = ...,
+        routes_changed: _builtins.bool = ...,
+        routes: _abc.Iterable[Global___IngressRoute] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applies_to", b"applies_to", "remove_tasks", b"remove_tasks", "sequence", b"sequence", "type", b"type", "update_tasks", b"update_tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applies_to", b"applies_to", "remove_tasks", b"remove_tasks", "routes", b"routes", "routes_changed", b"routes_changed", "sequence", b"sequence", "type", b"type", "update_tasks", b"update_tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssignmentsMessage: _TypeAlias = AssignmentsMessage  # noqa: Y015
+
+@_typing.final
+class IngressRoute(_message.Message):
+    """A published ingress port and the task backends (node address:port) that serve it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    PUBLISHED_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    BACKENDS_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    published_port: _builtins.int
+    protocol: _objects_pb2.PortConfig.Protocol.ValueType
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+        published_port: _builtins.int = ...,
+        protocol: _objects_pb2.PortConfig.Protocol.ValueType = ...,
+        backends: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "protocol", b"protocol", "published_port", b"published_port", "service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngressRoute: _TypeAlias = IngressRoute  # noqa: Y015
 
 @_typing.final
 class UpdateTaskStatusRequest(_message.Message):

@@ -28,6 +28,26 @@ __all__ = ["RaftNode", "RaftStatus"]
 
 log = logging.getLogger(__name__)
 
+
+class _DuplicateAppendFilter(logging.Filter):
+    """Downgrade pysyncobj's "truncating already-applied log entries" alarm.
+
+    With ``appendEntriesUseBatch=False`` the leader sends each entry as soon as it is proposed, so
+    several append messages covering the same indexes can be in flight; a follower that gets the
+    second one drops its (identical, same-term) copies and appends them again without applying
+    them twice. Raft only lets a leader of the same term send the same entries, so nothing
+    diverges; the message would just alarm operators at every burst of writes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("truncating already-applied log entries"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger("pysyncobj").isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(_DuplicateAppendFilter())
+
 PROPOSE_TIMEOUT = 3.0
 
 _FAILURES = {

@@ -1,0 +1,98 @@
+"""The demo and test images, built locally: there is no registry to pull from.
+
+``minisw/web:1`` and ``minisw/web:2`` are Debian's static busybox plus a small init script that
+serves ``<image version> <container hostname>`` over HTTP on port 80 and exits at once on SIGTERM
+(busybox as PID 1 would ignore it and make every stop wait out the grace period).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+import time
+from typing import Any
+
+__all__ = ["IMAGES", "build_images", "missing_images"]
+
+IMAGES = ("minisw/web:1", "minisw/web:2")
+BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
+APPLETS = ("sh", "httpd", "hostname", "sleep", "cat", "echo", "wget", "kill", "ls", "true", "false", "env", "ps")
+
+INIT = """#!/bin/sh
+# Serve "<version> <hostname>" on :80; exit promptly on SIGTERM.
+mkdir -p /www
+echo "{version} $(hostname)" > /www/index.html
+httpd -f -p 80 -h /www &
+child=$!
+trap 'kill -TERM $child 2>/dev/null; exit 0' TERM INT
+wait $child
+"""
+
+DOCKERFILE = """FROM scratch
+ADD rootfs.tar /
+LABEL org.minisw.test-image=1
+CMD ["/init"]
+"""
+
+
+def _busybox() -> bytes:
+    for path in BUSYBOX_PATHS:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError:
+            continue
+    found = shutil.which("busybox")
+    if found is None:
+        raise RuntimeError("busybox is not installed: run `apt-get install busybox-static`")
+    with open(found, "rb") as f:
+        return f.read()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o755) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _context(version: str) -> bytes:
+    rootfs = io.BytesIO()
+    with tarfile.open(fileobj=rootfs, mode="w") as tar:
+        for d in ("bin", "tmp", "www", "etc"):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        _add(tar, "bin/busybox", _busybox())
+        for applet in APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        _add(tar, "init", INIT.format(version=version).encode())
+        _add(tar, "etc/passwd", b"root:x:0:0:root:/:/bin/sh\n", 0o644)
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        _add(tar, "Dockerfile", DOCKERFILE.encode(), 0o644)
+        _add(tar, "rootfs.tar", rootfs.getvalue(), 0o644)
+    return context.getvalue()
+
+
+def missing_images(client: Any) -> list[str]:
+    import docker.errors
+
+    missing = []
+    for ref in IMAGES:
+        try:
+            client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            missing.append(ref)
+    return missing
+
+
+def build_images(client: Any, only_missing: bool = True) -> list[str]:
+    """Build the images (the missing ones by default); return the references built."""
+    wanted = missing_images(client) if only_missing else list(IMAGES)
+    for ref in wanted:
+        version = ref  # the page says which image served it, e.g. "minisw/web:2 <hostname>"
+        client.images.build(fileobj=io.BytesIO(_context(version)), custom_context=True, tag=ref, rm=True)
+    return wanted
