@@ -23,13 +23,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc  # noqa: E402
+import grpc
+from minisw.manager.state.raft import RaftNode
+from minisw.manager.state.store import MAX_CHANGES_PER_TRANSACTION, MemoryStore
+from minisw.proto import control_pb2 as api
+from minisw.proto import objects_pb2 as pb
 
-from minisw.manager.state.raft import RaftNode  # noqa: E402
-from minisw.manager.state.store import MAX_CHANGES_PER_TRANSACTION, MemoryStore  # noqa: E402
-from minisw.proto import control_pb2 as api  # noqa: E402
-from minisw.proto import objects_pb2 as pb  # noqa: E402
-from tests.support.cluster import Cluster, poll_until  # noqa: E402
+from tests.support.cluster import Cluster, poll_until
 
 ADDRS = ["127.55.0.1:17101", "127.55.0.2:17102", "127.55.0.3:17103"]
 
@@ -37,8 +37,14 @@ ADDRS = ["127.55.0.1:17101", "127.55.0.2:17102", "127.55.0.3:17103"]
 def _follower(addr: str, data_dir: str, stop: Any) -> None:
     async def run() -> None:
         store = MemoryStore()
-        raft = RaftNode(store, self_addr=addr, peers=[a for a in ADDRS if a != addr], data_dir=data_dir,
-                        secret="bench", on_state_change=lambda: None)
+        raft = RaftNode(
+            store,
+            self_addr=addr,
+            peers=[a for a in ADDRS if a != addr],
+            data_dir=data_dir,
+            secret="bench",
+            on_state_change=lambda: None,
+        )
         store.set_proposer(raft)
         raft.start()
         while not stop.is_set():
@@ -50,14 +56,16 @@ def _follower(addr: str, data_dir: str, stop: Any) -> None:
 
 async def _raft_figures(tmp: str) -> dict[str, float]:
     stop = multiprocessing.Event()
-    followers = [multiprocessing.Process(target=_follower, args=(a, f"{tmp}/{i}", stop)) for i, a in
-                 enumerate(ADDRS[1:], 1)]
+    followers = [
+        multiprocessing.Process(target=_follower, args=(a, f"{tmp}/{i}", stop)) for i, a in enumerate(ADDRS[1:], 1)
+    ]
     for p in followers:
         p.start()
     store = MemoryStore()
     # The first member gets a head start so it is the leader we measure from.
-    raft = RaftNode(store, self_addr=ADDRS[0], peers=ADDRS[1:], data_dir=f"{tmp}/0", secret="bench",
-                    on_state_change=lambda: None)
+    raft = RaftNode(
+        store, self_addr=ADDRS[0], peers=ADDRS[1:], data_dir=f"{tmp}/0", secret="bench", on_state_change=lambda: None
+    )
     store.set_proposer(raft)
     raft.start()
     try:
@@ -77,9 +85,12 @@ async def _raft_figures(tmp: str) -> dict[str, float]:
         async def writer(w: int) -> None:
             per_writer = total // in_flight // MAX_CHANGES_PER_TRANSACTION
             for b in range(per_writer):
-                await store.update(lambda tx, b=b: [
-                    tx.create(pb.Task(id=f"w{w}-{b}-{k}", service_id="bench", slot=k))
-                    for k in range(MAX_CHANGES_PER_TRANSACTION)])
+                await store.update(
+                    lambda tx, b=b: [
+                        tx.create(pb.Task(id=f"w{w}-{b}-{k}", service_id="bench", slot=k))
+                        for k in range(MAX_CHANGES_PER_TRANSACTION)
+                    ]
+                )
 
         t0 = time.perf_counter()
         await asyncio.gather(*(writer(w) for w in range(in_flight)))

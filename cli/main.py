@@ -28,6 +28,7 @@ def cli(ctx: click.Context, host: str | None) -> None:
         return clients[0]
 
     ctx.obj = {"client": make}
+
     def close_all() -> None:
         for client in clients:
             client.close()

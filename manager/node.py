@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "manager.json"
 NODE_ID_FILE = "node_id"
-DEFAULT_HEARTBEAT_PERIOD = 2.0
+DEFAULT_HEARTBEAT_PERIOD = 1.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -290,6 +290,11 @@ class ManagerNode:
     def no_leader_message(self) -> str:
         assert self._raft is not None
         return quorum_message(self._raft.status())
+
+    def manager_addrs(self) -> list[tuple[str, str]]:
+        """(node id, control address) of every manager, for agents to fail over between."""
+        nodes = self.store.view(lambda tx: tx.nodes())
+        return [(n.id, n.manager_status.addr) for n in nodes if n.role == pb.MANAGER and n.manager_status.addr]
 
     def leader_control_addr(self) -> str | None:
         if self._raft is None:

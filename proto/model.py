@@ -21,6 +21,8 @@ def is_task_dirty(service: pb.Service, task: pb.Task) -> bool:
     Placement is left out: a placement-only change does not replace tasks whose node still fits;
     the constraint enforcer handles the ones that no longer do.
     """
+    if task.spec_version.index == service.spec_version.index and task.spec == service.spec.task:
+        return False
     want = pb.TaskSpec()
     want.CopyFrom(service.spec.task)
     have = pb.TaskSpec()

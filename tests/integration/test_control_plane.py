@@ -7,9 +7,9 @@ import time
 
 import grpc
 import pytest
-
 from minisw.proto import control_pb2 as api
 from minisw.proto import objects_pb2 as pb
+
 from tests.support.cluster import Cluster, ManagerProc, poll_until
 
 pytestmark = pytest.mark.slow
@@ -22,14 +22,33 @@ def service_names(c: Cluster, host: str) -> set[str]:
 def test_create_on_follower_is_seen_by_every_manager(cluster_factory: type) -> None:
     c: Cluster = cluster_factory().start_managers(3)
     follower = c.followers()[0]
-    out = c.cli_ok("service", "create", "-d", "--name", "web", "--replicas", "3", "-p", "8080:80",
-                   "minisw/web:1", host=follower.addr)
+    out = c.cli_ok(
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-p",
+        "8080:80",
+        "minisw/web:1",
+        host=follower.addr,
+    )
     service_id = out.strip()
     assert len(service_id) == 25 and service_id.isalnum() and service_id == service_id.lower()
     for m in c.managers:
         rows = c.cli_json("service", "ls", "--format", "json", host=m.addr)
-        assert rows == [{"ID": service_id[:12], "Name": "web", "Mode": "replicated", "Replicas": "0/3",
-                         "Image": "minisw/web:1", "Ports": "*:8080->80/tcp"}]
+        assert rows == [
+            {
+                "ID": service_id[:12],
+                "Name": "web",
+                "Mode": "replicated",
+                "Replicas": "0/3",
+                "Image": "minisw/web:1",
+                "Ports": "*:8080->80/tcp",
+            }
+        ]
 
 
 def test_kill_leader_then_keep_working_and_catch_up(cluster_factory: type) -> None:
@@ -39,8 +58,11 @@ def test_kill_leader_then_keep_working_and_catch_up(cluster_factory: type) -> No
     old_leader.kill()  # SIGKILL
     survivor = next(m for m in c.managers if m.running())
     # The survivors elect a new leader and accept writes.
-    poll_until(lambda: c.cli("service", "create", "-d", "--name", "after", "minisw/web:1",
-                             host=survivor.addr).returncode == 0, 15, what="a write after failover")
+    poll_until(
+        lambda: c.cli("service", "create", "-d", "--name", "after", "minisw/web:1", host=survivor.addr).returncode == 0,
+        15,
+        what="a write after failover",
+    )
     assert c.leader() is not old_leader
     assert service_names(c, survivor.addr) == {"before", "after"}
     # The old leader comes back as a follower and catches up.
@@ -100,12 +122,14 @@ def test_out_of_sequence_update_is_refused(cluster_factory: type) -> None:
     spec = pb.ServiceSpec()
     spec.CopyFrom(service.spec)
     spec.replicated.replicas = 2
-    stub.UpdateService(api.UpdateServiceRequest(service_id=service.id, service_version=service.meta.version,
-                                                spec=spec), timeout=5)
+    stub.UpdateService(
+        api.UpdateServiceRequest(service_id=service.id, service_version=service.meta.version, spec=spec), timeout=5
+    )
     spec.replicated.replicas = 3
     with pytest.raises(grpc.RpcError) as err:
-        stub.UpdateService(api.UpdateServiceRequest(service_id=service.id, service_version=service.meta.version,
-                                                    spec=spec), timeout=5)
+        stub.UpdateService(
+            api.UpdateServiceRequest(service_id=service.id, service_version=service.meta.version, spec=spec), timeout=5
+        )
     assert err.value.details() == "update out of sequence"
     assert stub.GetService(api.GetServiceRequest(service_id="web"), timeout=5).service.spec.replicated.replicas == 2
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 import pytest
-
 from minisw.cli.output import format_ports, human_duration, table, task_rows, with_history_marks
 from minisw.cli.specflags import parse_publish
 from minisw.cli.units import format_duration, parse_cpus, parse_duration, parse_size
@@ -70,10 +69,18 @@ def test_ps_rows_sort_by_slot_then_newest_and_mark_history() -> None:
         t.spec.container.image = "minisw/web:1@sha256:" + "0" * 64
         return t
 
-    tasks = [task("old1", 1, 100, pb.SHUTDOWN), task("new1", 1, 200, pb.RUNNING), task("new10", 10, 150, pb.RUNNING),
-             task("new2", 2, 150, pb.RUNNING)]
+    tasks = [
+        task("old1", 1, 100, pb.SHUTDOWN),
+        task("new1", 1, 200, pb.RUNNING),
+        task("new10", 10, 150, pb.RUNNING),
+        task("new2", 2, 150, pb.RUNNING),
+    ]
     rows = with_history_marks(task_rows(tasks, {"s": "web"}, {"n1": "node-1"}, now=206))
     assert [(r["ID"], r["Name"]) for r in rows] == [
-        ("new1", "web.1"), ("old1", " \\_ web.1"), ("new2", "web.2"), ("new10", "web.10")]
+        ("new1", "web.1"),
+        ("old1", " \\_ web.1"),
+        ("new2", "web.2"),
+        ("new10", "web.10"),
+    ]
     assert rows[0]["CurrentState"] == "Running 6 seconds ago"
     assert rows[0]["Image"] == "minisw/web:1" and rows[0]["Node"] == "node-1"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from minisw.manager.controlapi.validate import validate_service_spec
 from minisw.manager.errors import InvalidArgument
 from minisw.proto import objects_pb2 as pb
@@ -34,8 +33,10 @@ def test_a_good_spec_passes() -> None:
         (lambda s: s.task.placement.constraints.append("node.color==red"), "unknown key"),
         (lambda s: setattr(s.update, "max_failure_ratio", 1.5), "maxfailureratio"),
         (lambda s: s.endpoint.ports.append(pb.PortConfig(target_port=0)), "invalid target port"),
-        (lambda s: s.endpoint.ports.extend([pb.PortConfig(target_port=80, published_port=8080)] * 2),
-         "duplicate published ports"),
+        (
+            lambda s: s.endpoint.ports.extend([pb.PortConfig(target_port=80, published_port=8080)] * 2),
+            "duplicate published ports",
+        ),
     ],
 )
 def test_bad_specs_are_refused_with_swarm_texts(mutate: object, message: str) -> None:

@@ -1,0 +1,411 @@
+"""Dispatcher: agent sessions, heartbeats, assignment streams and task status (swarmkit dispatcher).
+
+``DispatcherServer`` is the gRPC servicer, registered for the life of the process; it hands every
+call to the current leader term's ``Dispatcher``, or tells the agent where the leader is. The
+Dispatcher writes to the store in two places only: node status (registration, heartbeat expiry)
+and batched task status (every 100 ms, latest status per task, never moving a task backwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from minisw.manager import ids
+from minisw.manager.state.store import Event, MemoryStore, ReadTx, WriteTx, iter_nowait
+from minisw.proto import dispatcher_pb2 as dpb
+from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
+from minisw.proto import objects_pb2 as pb
+from minisw.proto.timeutil import duration, now_ts, seconds
+
+__all__ = ["LEADER_METADATA", "Dispatcher", "DispatcherServer", "ingress_routes"]
+
+log = logging.getLogger(__name__)
+
+LEADER_METADATA = "minisw-leader"
+GRACE_MULTIPLIER = 3  # heartbeats missed before a node is DOWN
+START_GRACE_MULTIPLIER = 6  # after a leader change, time for agents to come back
+STATUS_FLUSH = 0.1
+MAX_STATUS_BATCH = 10_000
+ASSIGNMENT_DEBOUNCE = 0.05
+
+
+class ManagerView(Protocol):
+    node_id: str
+
+    def leader_control_addr(self) -> str | None: ...
+    def manager_addrs(self) -> list[tuple[str, str]]: ...
+
+
+@dataclass
+class _Session:
+    node_id: str
+    session_id: str
+    expires_at: float
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def ingress_routes(tx: ReadTx) -> list[dpb.IngressRoute]:
+    """The routing mesh: every ingress port of every service, with the backends of its running tasks."""
+    routes = []
+    nodes = {n.id: n for n in tx.nodes()}
+    for service in sorted(tx.services(), key=lambda s: s.id):
+        ports = [p for p in service.endpoint.ports if p.publish_mode == pb.PortConfig.INGRESS and p.published_port]
+        if not ports:
+            continue
+        tasks = [
+            t
+            for t in tx.tasks_by_service(service.id)
+            if t.status.state == pb.RUNNING and t.desired_state == pb.RUNNING and t.node_id in nodes
+        ]
+        for port in ports:
+            backends = []
+            for task in sorted(tasks, key=lambda t: t.id):
+                node = nodes[task.node_id]
+                if node.status.state != pb.NodeStatus.READY:
+                    continue
+                for ps in task.status.port_status.ports:
+                    if (
+                        ps.publish_mode == pb.PortConfig.INGRESS
+                        and ps.target_port == port.target_port
+                        and ps.protocol == port.protocol
+                    ):
+                        backends.append(f"{node.status.addr}:{ps.published_port}")
+            routes.append(
+                dpb.IngressRoute(
+                    service_id=service.id,
+                    published_port=port.published_port,
+                    protocol=port.protocol,
+                    backends=backends,
+                )
+            )
+    return routes
+
+
+class Dispatcher:
+    """The leader term's dispatcher. ``run`` flushes statuses and expires silent nodes."""
+
+    def __init__(self, store: MemoryStore, manager: ManagerView, default_period: float) -> None:
+        self._store = store
+        self._manager = manager
+        self.period = default_period
+        self._sessions: dict[str, _Session] = {}
+        self._expiry: dict[str, float] = {}  # node id -> deadline, for every node not DOWN
+        self._pending: dict[str, pb.TaskStatus] = {}
+        self._flush_now = asyncio.Event()
+
+    async def run(self) -> None:
+        cluster = self._store.view(lambda tx: tx.get_cluster())
+        if cluster is not None and cluster.spec.dispatcher.HasField("heartbeat_period"):
+            self.period = seconds(cluster.spec.dispatcher.heartbeat_period) or self.period
+        grace = self.period * START_GRACE_MULTIPLIER
+        deadline = time.monotonic() + grace
+        for node in self._store.view(lambda tx: tx.nodes()):
+            if node.status.state != pb.NodeStatus.DOWN:
+                self._expiry[node.id] = deadline
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._flush_loop())
+                group.create_task(self._expiry_loop())
+        finally:
+            for session in self._sessions.values():
+                session.closed.set()
+
+    # ---- sessions --------------------------------------------------------------------------
+    async def register(self, request: dpb.SessionRequest, peer_host: str) -> _Session:
+        cluster = self._store.view(lambda tx: tx.get_cluster())
+        if cluster is None:
+            raise _Refused(grpc.StatusCode.UNAVAILABLE, "the cluster is still being initialised")
+        tokens = (cluster.join_tokens.worker, cluster.join_tokens.manager)
+        if not any(secrets.compare_digest(request.token, t) for t in tokens if t):
+            raise _Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "A valid join token is necessary to join this cluster: the token is neither this cluster's "
+                "worker nor its manager join token (get one with `minisw join-token worker -q`)",
+            )
+        node_id = request.node_id or ids.new_id()
+        addr = request.addr or peer_host
+
+        def upsert(tx: WriteTx) -> None:
+            node = tx.get_node(node_id)
+            if node is None:
+                if request.node_id:
+                    raise _Refused(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"node {node_id} is not part of this swarm (it was removed); join it again "
+                        "with a fresh data directory",
+                    )
+                node = pb.Node(id=node_id, role=pb.WORKER)
+                node.spec.desired_role = pb.WORKER
+                node.spec.membership = pb.NodeSpec.ACCEPTED
+                node.spec.annotations.labels.update(request.labels)
+                tx.create(_described(node, request, addr))
+            else:
+                tx.update(_described(node, request, addr))
+
+        await self._store.update(upsert)
+        old = self._sessions.get(node_id)
+        if old is not None:
+            old.closed.set()
+        session = _Session(node_id, ids.new_id(), time.monotonic() + self.period * GRACE_MULTIPLIER)
+        self._sessions[node_id] = session
+        self._expiry[node_id] = session.expires_at
+        log.info("node %s (%s) registered from %s", node_id, request.description.hostname, addr)
+        return session
+
+    def session_message(self, session: _Session) -> dpb.SessionMessage:
+        managers = [dpb.WeightedPeer(node_id=nid, addr=addr) for nid, addr in self._manager.manager_addrs()]
+        return dpb.SessionMessage(
+            session_id=session.session_id,
+            node_id=session.node_id,
+            managers=managers,
+            heartbeat_period=duration(self.period),
+        )
+
+    def check(self, node_id: str, session_id: str) -> _Session:
+        session = self._sessions.get(node_id)
+        if session is None:
+            raise _Refused(grpc.StatusCode.NOT_FOUND, "node not registered")
+        if session.session_id != session_id:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "session invalid")
+        return session
+
+    def heartbeat(self, node_id: str, session_id: str) -> float:
+        session = self.check(node_id, session_id)
+        session.expires_at = time.monotonic() + self.period * GRACE_MULTIPLIER
+        self._expiry[node_id] = session.expires_at
+        return self.period
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.period / 4))
+            now = time.monotonic()
+            expired = [nid for nid, deadline in self._expiry.items() if deadline < now]
+            for node_id in expired:
+                del self._expiry[node_id]
+                session = self._sessions.pop(node_id, None)
+                if session is not None:
+                    session.closed.set()
+                await self._mark_down(node_id)
+
+    async def _mark_down(self, node_id: str) -> None:
+        def down(tx: WriteTx) -> None:
+            node = tx.get_node(node_id)
+            if node is not None and node.status.state != pb.NodeStatus.DOWN:
+                node.status.state = pb.NodeStatus.DOWN
+                node.status.message = "heartbeat failure"
+                tx.update(node)
+
+        log.warning("node %s missed its heartbeats: marking it down", node_id)
+        await self._store.update(down)
+
+    # ---- task status -----------------------------------------------------------------------
+    def update_statuses(self, session: _Session, updates: list[Any]) -> None:
+        def check(tx: ReadTx) -> None:
+            for u in updates:
+                task = tx.get_task(u.task_id)
+                if task is not None and task.node_id != session.node_id:
+                    raise _Refused(grpc.StatusCode.PERMISSION_DENIED, "cannot update a task not assigned this node")
+
+        self._store.view(check)
+        for u in updates:
+            self._pending[u.task_id] = u.status
+        if len(self._pending) >= MAX_STATUS_BATCH:
+            self._flush_now.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._flush_now.wait(), STATUS_FLUSH)
+            except TimeoutError:
+                pass
+            self._flush_now.clear()
+            if not self._pending:
+                continue
+            batch, self._pending = self._pending, {}
+            await self._store.batch([self._apply_status(tid, st) for tid, st in batch.items()])
+
+    def _apply_status(self, task_id: str, status: pb.TaskStatus) -> Callable[[WriteTx], None]:
+        manager_id = self._manager.node_id
+
+        def fn(tx: WriteTx) -> None:
+            task = tx.get_task(task_id)
+            if task is None:
+                return
+            if status.state < task.status.state:
+                return  # observed state never moves backwards
+            current = pb.TaskStatus()
+            current.CopyFrom(task.status)
+            current.ClearField("applied_at")
+            current.ClearField("applied_by")
+            if current == status:
+                return
+            task.status.CopyFrom(status)
+            task.status.applied_by = manager_id
+            task.status.applied_at.CopyFrom(now_ts())
+            tx.update(task)
+
+        return fn
+
+    # ---- assignments -----------------------------------------------------------------------
+    async def assignments(self, session: _Session) -> AsyncIterator[dpb.AssignmentsMessage]:
+        node_id = session.node_id
+
+        def snapshot(tx: ReadTx) -> tuple[list[pb.Task], list[dpb.IngressRoute]]:
+            return [t for t in tx.tasks_by_node(node_id) if t.status.state >= pb.ASSIGNED], ingress_routes(tx)
+
+        sequence = 1
+        async with self._store.view_and_watch(snapshot) as ((tasks, routes), queue):
+            sent = {t.id: _fingerprint(t) for t in tasks}
+            yield dpb.AssignmentsMessage(
+                type=dpb.AssignmentsMessage.COMPLETE,
+                sequence=sequence,
+                update_tasks=tasks,
+                routes_changed=True,
+                routes=routes,
+            )
+            last_routes = routes
+            closed = asyncio.ensure_future(session.closed.wait())
+            try:
+                while True:
+                    getter = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                    if closed in done:
+                        getter.cancel()
+                        return
+                    items = [getter.result()]
+                    await asyncio.sleep(ASSIGNMENT_DEBOUNCE)
+                    items.extend(iter_nowait(queue))
+                    updates: dict[str, pb.Task] = {}
+                    removes: set[str] = set()
+                    routes_dirty = False
+                    for item in items:
+                        if not isinstance(item, Event):
+                            continue
+                        obj = item.obj
+                        if isinstance(obj, pb.Task | pb.Service) or (
+                            isinstance(obj, pb.Node) and item.action != "create"
+                        ):
+                            routes_dirty = True
+                        if not isinstance(obj, pb.Task):
+                            continue
+                        mine = obj.node_id == node_id and obj.status.state >= pb.ASSIGNED
+                        if item.action == "delete" or not mine:
+                            if obj.id in sent and (item.action == "delete" or obj.node_id != node_id):
+                                removes.add(obj.id)
+                                updates.pop(obj.id, None)
+                                del sent[obj.id]
+                            continue
+                        fingerprint = _fingerprint(obj)
+                        if sent.get(obj.id) != fingerprint:
+                            sent[obj.id] = fingerprint
+                            updates[obj.id] = obj
+                            removes.discard(obj.id)
+                    new_routes = self._store.view(ingress_routes) if routes_dirty else last_routes
+                    routes_changed = new_routes != last_routes
+                    if not (updates or removes or routes_changed):
+                        continue
+                    last_routes = new_routes
+                    sequence += 1
+                    yield dpb.AssignmentsMessage(
+                        type=dpb.AssignmentsMessage.INCREMENTAL,
+                        sequence=sequence,
+                        applies_to=sequence - 1,
+                        update_tasks=list(updates.values()),
+                        remove_tasks=sorted(removes),
+                        routes_changed=routes_changed,
+                        routes=new_routes if routes_changed else [],
+                    )
+            finally:
+                closed.cancel()
+
+
+def _fingerprint(task: pb.Task) -> bytes:
+    """What an agent needs re-sent: everything but the status it reported itself."""
+    copy = pb.Task()
+    copy.CopyFrom(task)
+    copy.ClearField("status")
+    copy.ClearField("meta")
+    return copy.SerializeToString(deterministic=True)
+
+
+def _described(node: pb.Node, request: dpb.SessionRequest, addr: str) -> pb.Node:
+    node.description.CopyFrom(request.description)
+    node.status.state = pb.NodeStatus.READY
+    node.status.message = ""
+    node.status.addr = addr
+    return node
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DispatcherServer(dpb_grpc.DispatcherServicer):
+    """gRPC face of the dispatcher; only the leader's has a current Dispatcher."""
+
+    def __init__(self, manager: ManagerView) -> None:
+        self._manager = manager
+        self.current: Dispatcher | None = None
+
+    async def _dispatcher(self, context: grpc.aio.ServicerContext) -> Dispatcher:
+        if self.current is None:
+            leader = self._manager.leader_control_addr() or ""
+            await context.send_initial_metadata(((LEADER_METADATA, leader),))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"this manager is not the leader; the leader is {leader or 'unknown (election in progress)'}",
+            )
+            raise AssertionError("unreachable")
+        return self.current
+
+    async def Session(self, request: dpb.SessionRequest, context: Any) -> AsyncIterator[dpb.SessionMessage]:
+        dispatcher = await self._dispatcher(context)
+        peer = context.peer() or ""
+        host = peer.split(":")[1] if peer.startswith("ipv4:") else ""
+        try:
+            session = await dispatcher.register(request, host)
+        except _Refused as err:
+            await context.abort(err.code, str(err))
+            return
+        yield dispatcher.session_message(session)
+        await session.closed.wait()
+
+    async def Heartbeat(self, request: dpb.HeartbeatRequest, context: Any) -> dpb.HeartbeatResponse:
+        dispatcher = await self._dispatcher(context)
+        try:
+            period = dispatcher.heartbeat(request.node_id, request.session_id)
+        except _Refused as err:
+            await context.abort(err.code, str(err))
+            raise
+        return dpb.HeartbeatResponse(period=duration(period))
+
+    async def Assignments(self, request: dpb.AssignmentsRequest, context: Any) -> AsyncIterator[dpb.AssignmentsMessage]:
+        dispatcher = await self._dispatcher(context)
+        try:
+            session = dispatcher.check(request.node_id, request.session_id)
+        except _Refused as err:
+            await context.abort(err.code, str(err))
+            return
+        async for message in dispatcher.assignments(session):
+            yield message
+
+    async def UpdateTaskStatus(
+        self, request: dpb.UpdateTaskStatusRequest, context: Any
+    ) -> dpb.UpdateTaskStatusResponse:
+        dispatcher = await self._dispatcher(context)
+        try:
+            session = dispatcher.check(request.node_id, request.session_id)
+            dispatcher.update_statuses(session, list(request.updates))
+        except _Refused as err:
+            await context.abort(err.code, str(err))
+            raise
+        return dpb.UpdateTaskStatusResponse()

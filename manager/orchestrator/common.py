@@ -1,0 +1,49 @@
+"""Pure helpers the orchestrators share (swarmkit orchestrator/task.go)."""
+
+from __future__ import annotations
+
+from minisw.manager import ids
+from minisw.proto import objects_pb2 as pb
+from minisw.proto.timeutil import now_ts
+
+__all__ = ["invalid_node", "new_task", "restart_condition_allows", "slots_of"]
+
+
+def new_task(service: pb.Service, slot: int, node_id: str = "") -> pb.Task:
+    """A fresh task for ``slot``: NEW, desired RUNNING, a copy of the service's current task spec."""
+    task = pb.Task(
+        id=ids.new_id(),
+        service_id=service.id,
+        slot=slot,
+        node_id=node_id,
+        desired_state=pb.RUNNING,
+    )
+    task.spec.CopyFrom(service.spec.task)
+    task.spec_version.CopyFrom(service.spec_version)
+    task.service_annotations.CopyFrom(service.spec.annotations)
+    task.endpoint.spec.CopyFrom(service.spec.endpoint)
+    task.endpoint.ports.extend(service.endpoint.ports)
+    task.status.state = pb.NEW
+    task.status.message = "created"
+    task.status.timestamp.CopyFrom(now_ts())
+    return task
+
+
+def invalid_node(node: pb.Node | None) -> bool:
+    """A node whose tasks must be replaced: gone, down, or drained (PAUSE keeps them)."""
+    return node is None or node.status.state == pb.NodeStatus.DOWN or node.spec.availability == pb.NodeSpec.DRAIN
+
+
+def restart_condition_allows(policy: pb.RestartPolicy, task: pb.Task) -> bool:
+    if policy.condition == pb.RestartPolicy.NONE:
+        return False
+    if policy.condition == pb.RestartPolicy.ON_FAILURE and task.status.state == pb.COMPLETE:
+        return False
+    return True
+
+
+def slots_of(tasks: list[pb.Task]) -> dict[int, list[pb.Task]]:
+    slots: dict[int, list[pb.Task]] = {}
+    for task in tasks:
+        slots.setdefault(task.slot, []).append(task)
+    return slots
