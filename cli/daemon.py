@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-__all__ = ["manager_command", "run_until_signalled", "setup_logging"]
+__all__ = ["agent_command", "manager_command", "run_until_signalled", "setup_logging"]
 
 
 def setup_logging(verbose: bool) -> None:
@@ -75,3 +75,50 @@ def manager_command(
         raise click.ClickException(f"join refused: {err}") from None
     except ManagerError as err:
         raise click.ClickException(str(err)) from None
+
+
+@click.command("agent")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where this agent keeps its state")
+@click.option("--join", "join", required=True, help="Manager address(es) HOST:PORT[,HOST:PORT...]")
+@click.option("--token", required=True, help="The worker (or manager) join token")
+@click.option("--hostname", default=socket.gethostname(), show_default=True, help="Node name")
+@click.option("--label", "labels", multiple=True, help="Node label key=value (repeatable)")
+@click.option("--advertise", default="", help="This node's address (default: the one that reaches the manager)")
+@click.option("--docker-host", default=None, help="Docker daemon URL (default: $DOCKER_HOST or the local socket)")
+@click.option("--control-listen", default="", help="Answer control API calls here with Swarm's worker refusal")
+@click.option("-v", "--verbose", is_flag=True)
+def agent_command(
+    data_dir: str,
+    join: str,
+    token: str,
+    hostname: str,
+    labels: tuple[str, ...],
+    advertise: str,
+    docker_host: str | None,
+    control_listen: str,
+    verbose: bool,
+) -> None:
+    """Run an agent (one per node) in the foreground."""
+    parsed: dict[str, str] = {}
+    for label in labels:
+        key, sep, value = label.partition("=")
+        if not key or not sep:
+            raise click.BadParameter(f'invalid label "{label}": expected key=value', param_hint="--label")
+        parsed[key] = value
+    setup_logging(verbose)
+    from minisw.agent.agent import Agent, AgentConfig, Refused
+
+    config = AgentConfig(
+        data_dir=data_dir,
+        join=[a.strip() for a in join.split(",") if a.strip()],
+        token=token,
+        hostname=hostname,
+        labels=parsed,
+        advertise=advertise,
+        docker_host=docker_host,
+        control_listen=control_listen,
+    )
+    try:
+        run_until_signalled(Agent(config).run())
+    except Refused as err:
+        raise click.ClickException(f"the cluster refused this node: {err}") from None

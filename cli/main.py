@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 from minisw.cli.client import Client, resolve_host
-from minisw.cli.daemon import manager_command
+from minisw.cli.daemon import agent_command, manager_command
 from minisw.cli.dev import dev
 from minisw.cli.node import node
 from minisw.cli.service import service
@@ -39,6 +39,7 @@ def cli(ctx: click.Context, host: str | None) -> None:
 cli.add_command(service)
 cli.add_command(node)
 cli.add_command(manager_command)
+cli.add_command(agent_command)
 cli.add_command(dev)
 
 

@@ -1,0 +1,161 @@
+"""Agent: keeps a session with the managers alive, following the leader and failing over
+(swarmkit agent/agent.go); owns the worker, the status reporter and the ingress proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import socket
+from dataclasses import asdict, dataclass, field
+
+import grpc
+from minisw.agent.exec.docker_adapter import DockerExecutor
+from minisw.agent.ingress import IngressProxy
+from minisw.agent.refusal import refusal_handler
+from minisw.agent.reporter import StatusReporter
+from minisw.agent.session import NotLeader, Refused, Registered, Session
+from minisw.agent.worker import Worker
+from minisw.proto import dispatcher_pb2 as dpb
+
+__all__ = ["Agent", "AgentConfig", "Refused"]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "agent.json"
+MANAGER_NODE_ID_FILE = "node_id"  # written by a manager sharing this data dir
+BACKOFF_START, BACKOFF_MAX = 0.1, 8.0
+
+
+@dataclass
+class AgentConfig:
+    data_dir: str
+    join: list[str]
+    token: str
+    hostname: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+    advertise: str = ""  # the node's address; default: the address we reach the manager from
+    docker_host: str | None = None
+    control_listen: str = ""  # where a worker answers control calls with Swarm's refusal
+
+
+@dataclass
+class _State:
+    node_id: str = ""
+    managers: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, data_dir: str) -> _State:
+        path = os.path.join(data_dir, STATE_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                return cls(**json.load(f))
+        state = cls()
+        manager_id = os.path.join(data_dir, MANAGER_NODE_ID_FILE)
+        if os.path.exists(manager_id):
+            with open(manager_id) as f:
+                state.node_id = f.read().strip()
+        return state
+
+    def save(self, data_dir: str) -> None:
+        os.makedirs(data_dir, exist_ok=True)
+        path = os.path.join(data_dir, STATE_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(asdict(self), f)
+        os.replace(path + ".tmp", path)
+
+
+def _local_address_towards(manager: str) -> str:
+    host, _, port = manager.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, int(port)))
+        return str(s.getsockname()[0])
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._state = _State.load(config.data_dir)
+        self._advertise = config.advertise or _local_address_towards(config.join[0])
+        self._executor = DockerExecutor(self._state.node_id, self._advertise, config.docker_host)
+        self._reporter = StatusReporter()
+        self._worker = Worker(self._executor, self._reporter)
+        self._ingress = IngressProxy(self._advertise)
+        self._was_registered = False
+
+    async def _registered(self, reg: Registered) -> None:
+        if reg.node_id != self._state.node_id or reg.managers != self._state.managers:
+            self._state.node_id = reg.node_id
+            self._state.managers = reg.managers
+            self._state.save(self.config.data_dir)
+        self._executor.node_id = reg.node_id
+        self._was_registered = True
+
+    async def run(self) -> None:
+        server = None
+        if self.config.control_listen:
+            server = grpc.aio.server()
+            server.add_generic_rpc_handlers((refusal_handler(),))
+            server.add_insecure_port(self.config.control_listen)
+            await server.start()
+        try:
+            await self._session_loop()
+        finally:
+            await self._worker.close()
+            await self._ingress.close()
+            if server is not None:
+                await server.stop(0.5)
+            self._executor.close()
+
+    async def _session_loop(self) -> None:
+        description = await self._executor.describe()
+        description.hostname = self.config.hostname
+        description.engine.labels.update(self.config.labels)
+        backoff = BACKOFF_START
+        hint = ""
+        turn = 0
+        while True:
+            candidates = list(dict.fromkeys([*self._state.managers, *self.config.join]))
+            addr = hint or candidates[turn % len(candidates)]
+            turn += 1
+            hint = ""
+            request = dpb.SessionRequest(
+                node_id=self._state.node_id,
+                token=self.config.token,
+                description=description,
+                labels=self.config.labels,
+                addr=self._advertise,
+            )
+            session = Session(addr, request, self._worker, self._reporter, self._ingress, self._registered)
+            try:
+                await session.run()
+            except Exception as raised:
+                err = _first(raised)
+                if isinstance(err, Refused):
+                    raise err from None
+                if isinstance(err, NotLeader):
+                    hint = err.leader
+                    log.info("%s is not the leader; trying %s", addr, hint or "the next manager")
+                    continue
+                log.warning("session with %s ended: %s", addr, _describe(err))
+            if self._was_registered:
+                backoff = BACKOFF_START
+            self._was_registered = False
+            await asyncio.sleep(backoff * (1 + random.random()))
+            backoff = min(BACKOFF_START + 2 * backoff, BACKOFF_MAX)
+
+
+def _first(err: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups."""
+    while isinstance(err, BaseExceptionGroup):
+        err = err.exceptions[0]
+    return err
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, grpc.aio.AioRpcError):
+        return f"{err.code().name}: {err.details()}"
+    return repr(err)

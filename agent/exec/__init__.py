@@ -1,0 +1,1 @@
+"""Executors: how a task becomes a container. Only ``docker_adapter`` imports the Docker SDK."""

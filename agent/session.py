@@ -1,0 +1,137 @@
+"""One session with a manager (swarmkit agent/session.go): register, then heartbeat, receive
+assignments and send task status until anything fails; the Agent then starts a new session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from minisw.agent.ingress import IngressProxy
+from minisw.agent.reporter import StatusReporter
+from minisw.agent.worker import Worker
+from minisw.proto import dispatcher_pb2 as dpb
+from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
+from minisw.proto.timeutil import seconds
+
+__all__ = ["LEADER_METADATA", "NotLeader", "Refused", "Registered", "Session", "SessionEnded"]
+
+log = logging.getLogger(__name__)
+
+LEADER_METADATA = "minisw-leader"
+HEARTBEAT_TIMEOUT = 5.0
+
+
+class SessionEnded(Exception):
+    """The manager closed the session (it stopped leading, or dropped us)."""
+
+
+class NotLeader(Exception):
+    """The manager we called does not lead; ``leader`` is where to go, if it knows."""
+
+    def __init__(self, leader: str) -> None:
+        super().__init__(f"not the leader; the leader is {leader or 'unknown'}")
+        self.leader = leader
+
+
+class Refused(Exception):
+    """The cluster refuses this node (bad token, removed node): retrying cannot help."""
+
+
+@dataclass
+class Registered:
+    node_id: str
+    managers: list[str]
+
+
+class Session:
+    def __init__(
+        self,
+        addr: str,
+        request: dpb.SessionRequest,
+        worker: Worker,
+        reporter: StatusReporter,
+        ingress: IngressProxy,
+        on_registered: Callable[[Registered], Awaitable[None]],
+    ) -> None:
+        self.addr = addr
+        self._request = request
+        self._worker = worker
+        self._reporter = reporter
+        self._ingress = ingress
+        self._on_registered = on_registered
+
+    async def run(self) -> None:
+        async with grpc.aio.insecure_channel(self.addr) as channel:
+            stub = dpb_grpc.DispatcherStub(channel)
+            call = stub.Session(self._request)
+            try:
+                first = await call.read()
+            except grpc.aio.AioRpcError as err:
+                await _raise_for(err, call)
+                raise
+            if first is grpc.aio.EOF:
+                raise SessionEnded("the manager closed the session at once")
+            node_id, session_id = first.node_id, first.session_id
+            period = seconds(first.heartbeat_period) or 1.0
+            await self._on_registered(Registered(node_id, [m.addr for m in first.managers]))
+            log.info("session %s open with %s as node %s", session_id[:8], self.addr, node_id)
+            self._reporter.resend_all()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._heartbeats(stub, node_id, session_id, period))
+                group.create_task(self._assignments(stub, node_id, session_id))
+                group.create_task(self._statuses(stub, node_id, session_id))
+                group.create_task(self._watch_session(call))
+
+    async def _watch_session(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                raise SessionEnded("the manager ended the session")
+
+    async def _heartbeats(self, stub: dpb_grpc.DispatcherStub, node_id: str, session_id: str, period: float) -> None:
+        while True:
+            reply = await stub.Heartbeat(
+                dpb.HeartbeatRequest(node_id=node_id, session_id=session_id), timeout=HEARTBEAT_TIMEOUT
+            )
+            await asyncio.sleep(seconds(reply.period) or period)
+
+    async def _assignments(self, stub: dpb_grpc.DispatcherStub, node_id: str, session_id: str) -> None:
+        stream = stub.Assignments(dpb.AssignmentsRequest(node_id=node_id, session_id=session_id))
+        last = 0
+        async for message in stream:
+            if message.type == dpb.AssignmentsMessage.COMPLETE:
+                await self._worker.assign(message.update_tasks)
+            else:
+                if message.applies_to != last:
+                    raise SessionEnded(f"assignment sequence gap ({message.applies_to} after {last}): resyncing")
+                await self._worker.update(message.update_tasks, message.remove_tasks)
+            last = message.sequence
+            if message.routes_changed:
+                await self._ingress.set_routes(message.routes)
+        raise SessionEnded("the assignment stream ended")
+
+    async def _statuses(self, stub: dpb_grpc.DispatcherStub, node_id: str, session_id: str) -> None:
+        while True:
+            batch = await self._reporter.next_batch()
+            updates = [dpb.UpdateTaskStatusRequest.TaskStatusUpdate(task_id=t, status=s) for t, s in batch.items()]
+            try:
+                await stub.UpdateTaskStatus(
+                    dpb.UpdateTaskStatusRequest(node_id=node_id, session_id=session_id, updates=updates), timeout=10
+                )
+            except grpc.aio.AioRpcError:
+                self._reporter.put_back(batch)
+                raise
+
+
+async def _raise_for(err: grpc.aio.AioRpcError, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
+    code = err.code()
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+        raise Refused(err.details() or str(code)) from None
+    if code == grpc.StatusCode.UNAVAILABLE:
+        metadata = dict((await call.initial_metadata()) or ())
+        if LEADER_METADATA in metadata:
+            raise NotLeader(str(metadata[LEADER_METADATA])) from None
