@@ -22,6 +22,7 @@ import grpc
 from minisw.cli.client import CONTEXT_FILE, save_context
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
+from minisw.proto import objects_pb2 as pb
 
 __all__ = ["Process", "default_dir", "dev"]
 
@@ -50,6 +51,20 @@ def manager_addr(i: int) -> str:
 
 def worker_host(i: int) -> str:
     return f"127.77.1.{10 + i}"
+
+
+def ensure_images() -> None:
+    import docker
+
+    from minisw.cli.images import build_images
+
+    client = docker.from_env()
+    try:
+        built = build_images(client)
+    finally:
+        client.close()
+    if built:
+        click.echo(f"built {', '.join(built)}")
 
 
 def _state_file(directory: str) -> Path:
@@ -134,6 +149,7 @@ def up(managers: str, workers: int, directory: str) -> None:
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     procs = load(directory)
+    ensure_images()
     if procs:
         _restart(directory, procs)
     else:
@@ -171,6 +187,25 @@ def _create(directory: str, managers: int, workers: int) -> list[Process]:
         wait_for(
             f"manager{i} to join", lambda n=i: call(first.address, "Info", api.Empty()).reachable_managers >= n, procs
         )
+    joins = ",".join(p.address for p in procs)
+    cluster = call(first.address, "GetCluster", api.Empty()).cluster
+    agents = []
+    for i in range(1, managers + 1):
+        host = manager_addr(i).rpartition(":")[0]
+        data = os.path.join(directory, f"manager{i}")
+        args = ["agent", "--data-dir", data, "--join", joins, "--token", cluster.join_tokens.manager,
+                "--hostname", f"manager{i}", "--advertise", host]
+        agents.append(Process(f"manager{i}", "manager", "agent", host, data, args))
+    for i in range(1, workers + 1):
+        host = worker_host(i)
+        data = os.path.join(directory, f"worker{i}")
+        args = ["agent", "--data-dir", data, "--join", joins, "--token", cluster.join_tokens.worker,
+                "--hostname", f"worker{i}", "--advertise", host, "--control-listen", f"{host}:{CONTROL_PORT}"]
+        agents.append(Process(f"worker{i}", "worker", "agent", host, data, args))
+    for proc in agents:
+        spawn(proc)
+        procs.append(proc)
+    save(directory, procs)
     _wait_ready(procs)
     return procs
 
@@ -194,6 +229,14 @@ def _wait_ready(procs: list[Process]) -> None:
         return True
 
     wait_for("the managers to agree on a leader", ready, procs)
+    nodes = {p.name for p in procs if p.role == "agent"}
+
+    def registered() -> bool:
+        listed = call(managers[0].address, "ListNodes", api.ListNodesRequest()).nodes
+        ready_nodes = {n.description.hostname for n in listed if n.status.state == pb.NodeStatus.READY}
+        return nodes <= ready_nodes
+
+    wait_for("every agent to register", registered, procs)
 
 
 def _leader(procs: list[Process]) -> str:
@@ -246,7 +289,37 @@ def down(directory: str) -> None:
     if not procs:
         raise click.ClickException(f"no local cluster in {directory}")
     stop_processes(procs)
-    click.echo(f"stopped {len(procs)} processes; `minisw dev up --dir {directory}` brings them back")
+    removed = remove_containers(procs)
+    click.echo(f"stopped {len(procs)} processes and removed {removed} containers; "
+               f"`minisw dev up --dir {directory}` brings the cluster back")
+
+
+def node_ids(procs: list[Process]) -> set[str]:
+    found = set()
+    for p in procs:
+        for name in ("node_id", "agent.json"):
+            path = Path(p.data_dir, name)
+            if not path.exists():
+                continue
+            text = path.read_text()
+            found.add(json.loads(text)["node_id"] if name.endswith(".json") else text.strip())
+    return {n for n in found if n}
+
+
+def remove_containers(procs: list[Process]) -> int:
+    """The tasks' containers of this cluster's nodes (a later `up` starts fresh tasks)."""
+    import docker
+
+    client = docker.from_env()
+    removed = 0
+    try:
+        for node_id in node_ids(procs):
+            for container in client.containers.list(all=True, filters={"label": f"minisw.node.id={node_id}"}):
+                container.remove(force=True)
+                removed += 1
+    finally:
+        client.close()
+    return removed
 
 
 def stop_processes(procs: list[Process], grace: float = 10.0) -> None:
