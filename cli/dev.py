@@ -193,14 +193,38 @@ def _create(directory: str, managers: int, workers: int) -> list[Process]:
     for i in range(1, managers + 1):
         host = manager_addr(i).rpartition(":")[0]
         data = os.path.join(directory, f"manager{i}")
-        args = ["agent", "--data-dir", data, "--join", joins, "--token", cluster.join_tokens.manager,
-                "--hostname", f"manager{i}", "--advertise", host]
+        args = [
+            "agent",
+            "--data-dir",
+            data,
+            "--join",
+            joins,
+            "--token",
+            cluster.join_tokens.manager,
+            "--hostname",
+            f"manager{i}",
+            "--advertise",
+            host,
+        ]
         agents.append(Process(f"manager{i}", "manager", "agent", host, data, args))
     for i in range(1, workers + 1):
         host = worker_host(i)
         data = os.path.join(directory, f"worker{i}")
-        args = ["agent", "--data-dir", data, "--join", joins, "--token", cluster.join_tokens.worker,
-                "--hostname", f"worker{i}", "--advertise", host, "--control-listen", f"{host}:{CONTROL_PORT}"]
+        args = [
+            "agent",
+            "--data-dir",
+            data,
+            "--join",
+            joins,
+            "--token",
+            cluster.join_tokens.worker,
+            "--hostname",
+            f"worker{i}",
+            "--advertise",
+            host,
+            "--control-listen",
+            f"{host}:{CONTROL_PORT}",
+        ]
         agents.append(Process(f"worker{i}", "worker", "agent", host, data, args))
     for proc in agents:
         spawn(proc)
@@ -290,8 +314,10 @@ def down(directory: str) -> None:
         raise click.ClickException(f"no local cluster in {directory}")
     stop_processes(procs)
     removed = remove_containers(procs)
-    click.echo(f"stopped {len(procs)} processes and removed {removed} containers; "
-               f"`minisw dev up --dir {directory}` brings the cluster back")
+    click.echo(
+        f"stopped {len(procs)} processes and removed {removed} containers; "
+        f"`minisw dev up --dir {directory}` brings the cluster back"
+    )
 
 
 def node_ids(procs: list[Process]) -> set[str]:

@@ -1,7 +1,8 @@
 """The Docker executor: the only module that imports the Docker SDK.
 
-The SDK blocks, so every call runs on a thread pool of our own (waiting for containers can hold
-many threads for long, which the loop's default pool is too small for), never on the loop.
+The SDK blocks, so every call runs on a thread pool of our own, never on the loop. Container
+exits and health changes come from one Docker event stream per agent (read on its own thread)
+rather than from a blocked thread per container, so stopping the agent never waits on them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import functools
 import logging
 import platform
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -27,8 +29,8 @@ __all__ = ["DockerController", "DockerExecutor"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-WAIT_SLICE = 10  # seconds per blocking wait call
 HEALTH_POLL = 0.5
+RECHECK = 5.0  # a wait re-inspects its container this often, in case an event was missed
 _PROTO_NAMES = {"tcp": 0, "udp": 1, "sctp": 2}
 
 
@@ -38,14 +40,75 @@ class DockerExecutor:
     def __init__(self, node_id: str, node_addr: str, base_url: str | None = None) -> None:
         self.node_id = node_id
         self.node_addr = node_addr
-        self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="docker")
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         self._client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        self._waiters: dict[str, set[asyncio.Future[ExitStatus]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: Any = None
+        self._events_thread: threading.Thread | None = None
+        self._closing = False
+
+    # ---- container exits, from the event stream --------------------------------------------
+    def _start_events(self) -> None:
+        if self._events_thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._events_thread = threading.Thread(target=self._read_events, name="docker-events", daemon=True)
+            self._events_thread.start()
+
+    def _read_events(self) -> None:
+        filters = {"type": ["container"], "event": ["die", "health_status"], "label": ["minisw.task.id"]}
+        while not self._closing:
+            try:
+                self._events = self._client.events(decode=True, filters=filters)
+                for event in self._events:
+                    self._on_event(event)
+            except Exception as err:  # the daemon restarted, or we are closing
+                if not self._closing:
+                    log.warning("Docker event stream broke (%s); reconnecting", err)
+                    threading.Event().wait(1.0)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        name = attrs.get("name", "")
+        status = str(event.get("status") or event.get("Action") or "")
+        if status == "die":
+            result = ExitStatus(int(attrs.get("exitCode", -1)))
+        elif status.endswith("unhealthy"):
+            result = ExitStatus(-1, unhealthy=True)
+        else:
+            return
+        if self._loop is not None and name in self._waiters:
+            self._loop.call_soon_threadsafe(self._resolve, name, result)
+
+    def _resolve(self, name: str, result: ExitStatus) -> None:
+        for fut in self._waiters.pop(name, set()):
+            if not fut.done():
+                fut.set_result(result)
+
+    def watch_exit(self, name: str) -> asyncio.Future[ExitStatus]:
+        self._start_events()
+        fut: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, set()).add(fut)
+        return fut
+
+    def unwatch(self, name: str, fut: asyncio.Future[ExitStatus]) -> None:
+        waiters = self._waiters.get(name)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self._waiters[name]
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
+        self._closing = True
+        if self._events is not None:
+            try:
+                self._events.close()
+            except Exception:
+                pass
         self._client.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -154,38 +217,26 @@ class DockerController:
             await asyncio.sleep(HEALTH_POLL)
 
     async def wait(self) -> ExitStatus:
-        has_health = bool(self._task.spec.container.healthcheck.test) or await self._x.call(self._image_has_health)
-
-        def wait_slice() -> int | None:
-            try:
-                result = self._x.api.wait(self._name, timeout=WAIT_SLICE if not has_health else HEALTH_POLL * 2)
-                return int(result.get("StatusCode", -1))
-            except docker.errors.NotFound:
-                raise ContainerGone(f"container {self._name} no longer exists") from None
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                return None
-
-        while True:
-            code = await self._x.call(wait_slice)
-            if code is not None:
-                return ExitStatus(code)
-            if has_health:
+        # Subscribe before looking, so an exit between the two is not missed.
+        exited = self._x.watch_exit(self._name)
+        try:
+            while True:
                 state = await self._x.call(self._inspect)
+                if not state["State"]["Running"]:
+                    return ExitStatus(int(state["State"].get("ExitCode", -1)))
                 if (state["State"].get("Health") or {}).get("Status") == "unhealthy":
                     return ExitStatus(-1, unhealthy=True)
-
-    def _image_has_health(self) -> bool:
-        try:
-            state = self._inspect()
-        except ContainerGone:
-            return False
-        test = (state["Config"].get("Healthcheck") or {}).get("Test")
-        return bool(test) and test != ["NONE"]
+                try:
+                    return await asyncio.wait_for(asyncio.shield(exited), RECHECK)
+                except TimeoutError:
+                    continue
+        finally:
+            self._x.unwatch(self._name, exited)
 
     async def shutdown(self, grace: float) -> None:
         def stop() -> None:
             try:
-                self._x.api.stop(self._name, timeout=max(0, int(round(grace))))
+                self._x.api.stop(self._name, timeout=max(0, round(grace)))
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as err:

@@ -188,6 +188,72 @@ class Cluster:
         with grpc.insecure_channel(self.any_manager().addr) as channel:
             return api_grpc.ControlStub(channel).GetCluster(api.Empty(), timeout=5).cluster
 
+    # ---- agents -------------------------------------------------------------------------
+    def add_agent(
+        self,
+        name: str = "",
+        labels: dict[str, str] | None = None,
+        wait: bool = True,
+        token: str | None = None,
+        extra: list[str] | None = None,
+    ) -> AgentProc:
+        i = len(self.agents) + 1
+        name = name or f"worker{i}"
+        host = f"{self.subnet}.{100 + i}"
+        data = self.root / name
+        joins = ",".join(m.addr for m in self.managers)
+        token = token if token is not None else self.cluster().join_tokens.worker
+        args = [
+            "agent",
+            "--data-dir",
+            str(data),
+            "--join",
+            joins,
+            "--token",
+            token,
+            "--hostname",
+            name,
+            "--advertise",
+            host,
+            *(extra or []),
+        ]
+        for key, value in (labels or {}).items():
+            args += ["--label", f"{key}={value}"]
+        proc = AgentProc(name, data, args, dict(self.env), host=host)
+        proc.start()
+        self.agents.append(proc)
+        if wait:
+            self.wait_node_ready(name)
+        return proc
+
+    def nodes(self) -> list[Any]:
+        with grpc.insecure_channel(self.any_manager().addr) as channel:
+            return list(api_grpc.ControlStub(channel).ListNodes(api.ListNodesRequest(), timeout=5).nodes)
+
+    def node_state(self, hostname: str) -> int:
+        return next((n.status.state for n in self.nodes() if n.description.hostname == hostname), -1)
+
+    def wait_node_ready(self, hostname: str, timeout: float = 30.0) -> None:
+        poll_until(lambda: self.node_state(hostname) == 2, timeout, what=f"node {hostname} ready")
+
+    def tasks(self, service: str) -> list[Any]:
+        with grpc.insecure_channel(self.any_manager().addr) as channel:
+            stub = api_grpc.ControlStub(channel)
+            return list(stub.ListTasks(api.ListTasksRequest(service_ids=[service]), timeout=5).tasks)
+
+    def running_tasks(self, service: str) -> list[Any]:
+        return [t for t in self.tasks(service) if t.status.state == 512 and t.desired_state == 512]
+
+    def node_ids(self) -> set[str]:
+        found = set()
+        for proc in [*self.agents, *self.managers]:
+            for name in ("agent.json", "node_id"):
+                path = Path(proc.data_dir, name)
+                if path.exists():
+                    text = path.read_text()
+                    found.add(json.loads(text)["node_id"] if name.endswith(".json") else text.strip())
+        return {n for n in found if n}
+
     # ---- CLI ----------------------------------------------------------------------------
     def cli(self, *args: str, host: str | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         host = host or self.any_manager().addr
@@ -217,3 +283,26 @@ class Cluster:
     def teardown(self) -> None:
         for proc in [*self.agents, *self.managers]:
             proc.kill()
+        remove_containers(self.node_ids())
+
+
+def containers(node_ids: set[str], all_states: bool = False) -> list[Any]:
+    """The Docker containers created for these nodes' tasks."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        found = []
+        for node_id in node_ids:
+            found += client.containers.list(all=all_states, filters={"label": f"minisw.node.id={node_id}"})
+        return found
+    finally:
+        client.close()
+
+
+def remove_containers(node_ids: set[str]) -> None:
+    for container in containers(node_ids, all_states=True):
+        try:
+            container.remove(force=True)
+        except Exception:
+            pass
