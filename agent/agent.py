@@ -13,6 +13,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 
 import grpc
+
 from minisw.agent.exec.docker_adapter import DockerExecutor
 from minisw.agent.ingress import IngressProxy
 from minisw.agent.refusal import refusal_handler

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import Iterable
@@ -59,18 +60,20 @@ class IngressProxy:
             if listener.server is not None:
                 listener.server.close()
         for port, backends in wanted.items():
-            listener = self._listeners.get(port)
-            if listener is None:
-                listener = _Listener(port)
-                try:
-                    listener.server = await asyncio.start_server(
-                        lambda r, w, lst=listener: self._serve(lst, r, w), self._host, port, reuse_address=True
-                    )
-                except OSError as err:
-                    log.error("cannot publish port %d on %s: %s", port, self._host, err)
-                    continue
-                self._listeners[port] = listener
+            existing = self._listeners.get(port)
+            if existing is not None:
+                existing.backends = sorted(set(backends))
+                continue
+            listener = _Listener(port)
             listener.backends = sorted(set(backends))
+            try:
+                listener.server = await asyncio.start_server(
+                    functools.partial(self._serve, listener), self._host, port, reuse_address=True
+                )
+            except OSError as err:
+                log.error("cannot publish port %d on %s: %s", port, self._host, err)
+                continue
+            self._listeners[port] = listener
 
     def routes(self) -> dict[int, list[str]]:
         return {port: list(lst.backends) for port, lst in self._listeners.items()}

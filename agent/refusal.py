@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from minisw.proto import control_pb2
 
 __all__ = ["WORKER_REFUSAL", "refusal_handler"]

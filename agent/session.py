@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
+
 from minisw.agent.ingress import IngressProxy
 from minisw.agent.reporter import StatusReporter
 from minisw.agent.worker import Worker

@@ -24,11 +24,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
+
 from minisw.manager.state.raft import RaftNode
 from minisw.manager.state.store import MAX_CHANGES_PER_TRANSACTION, MemoryStore
 from minisw.proto import control_pb2 as api
 from minisw.proto import objects_pb2 as pb
-
 from tests.support.cluster import Cluster, poll_until
 
 ADDRS = ["127.55.0.1:17101", "127.55.0.2:17102", "127.55.0.3:17103"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import grpc
+
 from minisw.proto import control_pb2_grpc as api_grpc
 
 __all__ = ["CONTEXT_FILE", "Client", "DaemonError", "PlainError", "resolve_host", "save_context"]

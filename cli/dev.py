@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 import grpc
+
 from minisw.cli.client import CONTEXT_FILE, save_context
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc

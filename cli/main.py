@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from minisw.cli.client import Client, resolve_host
 from minisw.cli.daemon import agent_command, manager_command
 from minisw.cli.dev import dev

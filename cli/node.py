@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+
 from minisw.cli.client import Client, DaemonError, PlainError
 from minisw.cli.output import json_lines, natural_key, table
 from minisw.cli.specflags import split_kv

@@ -12,6 +12,7 @@ import time
 from typing import TextIO
 
 import click
+
 from minisw.cli.client import Client
 from minisw.proto import control_pb2 as api
 from minisw.proto import objects_pb2 as pb

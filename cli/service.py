@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import click
+
 from minisw.cli.client import Client, DaemonError, PlainError
 from minisw.cli.inspect_pretty import pretty_service
 from minisw.cli.output import json_lines, service_rows, table, task_rows, with_history_marks

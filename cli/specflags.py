@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+
 from minisw.cli.units import parse_cpus, parse_duration, parse_size
 from minisw.proto import objects_pb2 as pb
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+
 from minisw.proto import control_pb2_grpc as api_grpc
 
 __all__ = ["FORWARDED_MARK", "LeaderForwarder"]

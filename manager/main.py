@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from minisw.manager.dispatcher.dispatcher import Dispatcher, DispatcherServer
 from minisw.manager.leadership import Component
 from minisw.manager.node import DEFAULT_HEARTBEAT_PERIOD, ManagerConfig, ManagerNode

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import grpc
+
 from minisw.manager import ids
 from minisw.manager.controlapi.server import ControlServer
 from minisw.manager.errors import FailedPrecondition, InvalidArgument, NoQuorum

@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from minisw.proto import objects_pb2 as pb
 
 __all__ = ["node_json", "rfc3339", "service_json", "task_json", "task_spec_json"]

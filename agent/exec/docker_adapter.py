@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
+
 from minisw.agent.exec.controller import ExitStatus, Started
 from minisw.agent.exec.errors import ContainerGone, ExecError, Unhealthy
 from minisw.agent.exec.spec import LABEL_NODE, LABEL_TASK, container_name, create_kwargs

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
+
 from minisw.manager import ids
 from minisw.manager.controlapi.ports import allocate_endpoint
 from minisw.manager.controlapi.validate import validate_node_spec, validate_service_spec

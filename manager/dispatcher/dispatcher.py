@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+
 from minisw.manager import ids
 from minisw.manager.state.store import Event, MemoryStore, ReadTx, WriteTx, iter_nowait
 from minisw.proto import dispatcher_pb2 as dpb

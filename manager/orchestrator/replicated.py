@@ -7,6 +7,7 @@ reconciliations, each through one batch of store updates.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
@@ -110,7 +111,7 @@ class ReplicatedOrchestrator:
         dirty, self._dirty_services = self._dirty_services, set()
         for service_id in dirty:
             try:
-                await self._store.update(lambda tx, sid=service_id: self._reconcile(tx, sid))
+                await self._store.update(functools.partial(self._reconcile, service_id=service_id))
             except Exception:
                 log.exception("reconciling service %s failed; will retry", service_id)
                 self._dirty_services.add(service_id)

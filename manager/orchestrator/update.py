@@ -12,13 +12,15 @@ after ``monitor`` it counts as a failure, with the scheduler's explanation in th
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from minisw.manager.orchestrator.common import new_task
 from minisw.manager.orchestrator.restart import RestartSupervisor
-from minisw.manager.state.store import MemoryStore, WriteTx
+from minisw.manager.state.store import MemoryStore, ReadTx, WriteTx
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.defaults import update_config
 from minisw.proto.model import is_task_dirty
@@ -76,8 +78,8 @@ class UpdateSupervisor:
         updater = Updater(self._store, self._restarts, service, dirty)
         self._spawn(service, updater.run())
 
-    def _spawn(self, service: pb.Service, coro: object) -> None:
-        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, service: pb.Service, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
         self._updaters[service.id] = (service.spec_version.index, task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -268,7 +270,7 @@ class Updater:
             for task_id, running_since in list(self._created.items()):
                 if task_id in self._failed:
                     continue
-                task = self._store.view(lambda tx, tid=task_id: tx.get_task(tid))
+                task = self._store.view(functools.partial(_get_task, task_id=task_id))
                 if task is None:
                     continue
                 if task.status.state == pb.RUNNING and running_since is None:
@@ -308,3 +310,7 @@ class Updater:
             return True
 
         await self._write_service(change)
+
+
+def _get_task(tx: ReadTx, task_id: str) -> pb.Task | None:
+    return tx.get_task(task_id)

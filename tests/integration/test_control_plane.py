@@ -7,9 +7,9 @@ import time
 
 import grpc
 import pytest
+
 from minisw.proto import control_pb2 as api
 from minisw.proto import objects_pb2 as pb
-
 from tests.support.cluster import Cluster, ManagerProc, poll_until
 
 pytestmark = pytest.mark.slow

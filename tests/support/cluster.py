@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
 

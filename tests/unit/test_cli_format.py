@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 import pytest
+
 from minisw.cli.output import format_ports, human_duration, table, task_rows, with_history_marks
 from minisw.cli.specflags import parse_publish
 from minisw.cli.units import format_duration, parse_cpus, parse_duration, parse_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from minisw.manager.errors import NameConflict, NotFound, SequenceConflict
 from minisw.manager.state.store import MAX_CHANGES_PER_TRANSACTION, Commit, Event, MemoryStore
 from minisw.proto import objects_pb2 as pb

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from minisw.manager.controlapi.validate import validate_service_spec
 from minisw.manager.errors import InvalidArgument
 from minisw.proto import objects_pb2 as pb
