@@ -214,6 +214,7 @@ class ManagerNode:
             except TimeoutError:
                 pass
             self._leadership_changed.clear()
+            self._remember_peers()
             leading = self.is_leader()
             running = self._term_task is not None and not self._term_task.done()
             if self._term_task is not None and self._term_task.done():
@@ -232,6 +233,21 @@ class ManagerNode:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._term_task
                 self._term_task = None
+
+    def _remember_peers(self, extra: str = "") -> None:
+        """Keep the Raft membership on disk, so a restart starts with every member it knew.
+
+        pysyncobj takes its members from the constructor and learns later changes only as it
+        re-applies its journal; a manager restarted with too few members could elect itself
+        alone on a stale log before that, and overwrite acknowledged writes.
+        """
+        assert self._raft is not None and self._state is not None
+        members = {m for m in self._raft.members() if m != self._state.raft_addr}
+        if extra:
+            members.add(extra)
+        if members != set(self._state.peers):
+            self._state.peers = sorted(members)
+            self._state.save(self.config.data_dir)
 
     def _components(self) -> list[tuple[str, Component]]:
         made: list[tuple[str, Component]] = list(self._extra_components)
@@ -336,6 +352,7 @@ class ManagerNode:
             await self.store.update(lambda tx: tx.create(node))
             # The membership change commits only once the new member runs, and it starts only
             # after our answer: so we answer first and let the change finish in the background.
+            self._remember_peers(extra=request.raft_addr)
             task = asyncio.create_task(self._raft.add_member(request.raft_addr))
             self._background.add(task)
             task.add_done_callback(_log_membership_result)
