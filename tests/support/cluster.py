@@ -186,8 +186,13 @@ class Cluster:
         return next(m for m in self.managers if m.running())
 
     def cluster(self) -> Any:
-        with grpc.insecure_channel(self.any_manager().addr) as channel:
-            return api_grpc.ControlStub(channel).GetCluster(api.Empty(), timeout=5).cluster
+        """The cluster object, once the first leader has created it."""
+
+        def get() -> Any:
+            with grpc.insecure_channel(self.any_manager().addr) as channel:
+                return api_grpc.ControlStub(channel).GetCluster(api.Empty(), timeout=5).cluster
+
+        return poll_until(get, 30, what="the cluster object")
 
     # ---- agents -------------------------------------------------------------------------
     def add_agent(
