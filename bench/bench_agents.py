@@ -22,10 +22,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import docker  # noqa: E402
+import docker
 
-from minisw.proto import objects_pb2 as pb  # noqa: E402
-from tests.support.cluster import Cluster, poll_until  # noqa: E402
+from minisw.proto import objects_pb2 as pb
+from tests.support.cluster import Cluster, poll_until
 
 REPLICAS = 20
 
@@ -68,9 +68,17 @@ def _minisw(tmp: str) -> dict[str, float]:
 
 
 def _running(service: Any) -> list[dict[str, Any]]:
-    return [
-        t for t in service.tasks() if t["Status"]["State"] == "running" and t["DesiredState"] == "running"
-    ]
+    return [t for t in service.tasks() if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
+
+
+def _victim(client: Any, service: Any) -> tuple[dict[str, Any], Any]:
+    """A running task whose container this daemon knows (task lists can lag behind containers)."""
+    for task in _running(service):
+        try:
+            return task, client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+        except docker.errors.NotFound:
+            continue
+    raise RuntimeError("no running Swarm task has a container")
 
 
 def _swarm() -> dict[str, float]:
@@ -85,9 +93,9 @@ def _swarm() -> dict[str, float]:
         )
         poll_until(lambda: len(_running(service)) == REPLICAS, 180, interval=0.02)
         create = time.monotonic() - t0
-        victim = _running(service)[0]
+        victim, container = _victim(client, service)
         t0 = time.monotonic()
-        client.containers.get(victim["Status"]["ContainerStatus"]["ContainerID"]).kill()
+        container.kill()
         poll_until(
             lambda: any(t["Slot"] == victim["Slot"] and t["ID"] != victim["ID"] for t in _running(service)),
             60,
@@ -95,7 +103,8 @@ def _swarm() -> dict[str, float]:
         )
         replace = time.monotonic() - t0
         service.remove()
-        poll_until(lambda: not client.containers.list(all=True, filters={"label": "com.docker.swarm.service.name=minisw-bench"}), 60)
+        label = {"label": "com.docker.swarm.service.name=minisw-bench"}
+        poll_until(lambda: not client.api.containers(all=True, filters=label), 60)
         return {"create_20_seconds": create, "kill_to_replacement_seconds": replace}
     finally:
         if not already:

@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 LEADER_METADATA = "minisw-leader"
 GRACE_MULTIPLIER = 3  # heartbeats missed before a node is DOWN
 START_GRACE_MULTIPLIER = 6  # after a leader change, time for agents to come back
-STATUS_FLUSH = 0.1
+STATUS_FLUSH = 0.05
 MAX_STATUS_BATCH = 10_000
-ASSIGNMENT_DEBOUNCE = 0.05
+ASSIGNMENT_DEBOUNCE = 0.02
 
 
 class ManagerView(Protocol):
@@ -176,6 +176,16 @@ class Dispatcher:
         if session.session_id != session_id:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "session invalid")
         return session
+
+    def session_lost(self, session: _Session) -> None:
+        """The agent's session stream broke (its process or its connection died).
+
+        A live agent re-registers within a heartbeat period; one that does not is down. This
+        notices a killed agent in one period instead of the full heartbeat grace.
+        """
+        if self._sessions.get(session.node_id) is session and not session.closed.is_set():
+            deadline = time.monotonic() + self.period
+            self._expiry[session.node_id] = min(self._expiry.get(session.node_id, deadline), deadline)
 
     def heartbeat(self, node_id: str, session_id: str) -> float:
         session = self.check(node_id, session_id)
@@ -378,7 +388,10 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
             await context.abort(err.code, str(err))
             return
         yield dispatcher.session_message(session)
-        await session.closed.wait()
+        try:
+            await session.closed.wait()
+        finally:
+            dispatcher.session_lost(session)
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest, context: Any) -> dpb.HeartbeatResponse:
         dispatcher = await self._dispatcher(context)
