@@ -9,6 +9,7 @@ import grpc
 from minisw.manager.dispatcher.dispatcher import Dispatcher, DispatcherServer
 from minisw.manager.leadership import Component
 from minisw.manager.node import DEFAULT_HEARTBEAT_PERIOD, ManagerConfig, ManagerNode
+from minisw.manager.orchestrator.globalmode import GlobalOrchestrator
 from minisw.manager.orchestrator.reaper import TaskReaper
 from minisw.manager.orchestrator.replicated import ReplicatedOrchestrator
 from minisw.manager.scheduler.scheduler import Scheduler
@@ -39,6 +40,7 @@ def build_manager(config: ManagerConfig) -> ManagerNode:
         return [
             ("dispatcher", run_dispatcher),
             ("replicated-orchestrator", ReplicatedOrchestrator(n.store).run),
+            ("global-orchestrator", GlobalOrchestrator(n.store).run),
             ("scheduler", Scheduler(n.store).run),
             ("task-reaper", TaskReaper(n.store).run),
         ]

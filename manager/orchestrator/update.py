@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from minisw.manager.orchestrator.common import new_task
@@ -31,6 +31,15 @@ __all__ = ["UpdateSupervisor", "Updater"]
 log = logging.getLogger(__name__)
 
 _US = pb.UpdateStatus
+
+# A slot: its number for replicated services, the node ID for global ones.
+SlotKey = int | str
+
+
+def _in_slot(task: pb.Task, key: SlotKey) -> bool:
+    return task.node_id == key if isinstance(key, str) else task.slot == key
+
+
 _POLL = 0.1
 
 
@@ -55,7 +64,7 @@ class UpdateSupervisor:
     def poke(self, service_id: str) -> None:
         """Task progress happened; updaters poll the store, so nothing to do here."""
 
-    def update(self, service: pb.Service, slots: dict[int, list[pb.Task]]) -> None:
+    def update(self, service: pb.Service, slots: Mapping[Any, list[pb.Task]]) -> None:
         """Called inside the orchestrator's transaction: only decide and spawn, never write."""
         state = service.update_status.state
         if state in (_US.PAUSED, _US.ROLLBACK_PAUSED):
@@ -99,7 +108,7 @@ class Updater:
         store: MemoryStore,
         restarts: RestartSupervisor,
         service: pb.Service,
-        dirty: dict[int, list[pb.Task]],
+        dirty: dict[SlotKey, list[pb.Task]],
     ) -> None:
         self._store = store
         self._restarts = restarts
@@ -171,8 +180,8 @@ class Updater:
 
             if not await self._write_service(start):
                 return
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for slot in sorted(self._dirty):
+        queue: asyncio.Queue[SlotKey] = asyncio.Queue()
+        for slot in sorted(self._dirty, key=str):
             queue.put_nowait(slot)
         parallelism = self._cfg.parallelism or len(self._dirty)
         watch_failures = self._cfg.failure_action != pb.UpdateConfig.CONTINUE
@@ -188,7 +197,7 @@ class Updater:
         if not self._stopped:
             await self._mark_completed()
 
-    async def _worker(self, queue: asyncio.Queue[int]) -> None:
+    async def _worker(self, queue: asyncio.Queue[SlotKey]) -> None:
         while not self._stopped:
             try:
                 slot = queue.get_nowait()
@@ -200,10 +209,10 @@ class Updater:
             if self._cfg.HasField("delay") and seconds(self._cfg.delay) > 0:
                 await asyncio.sleep(seconds(self._cfg.delay))
 
-    def _slot_tasks(self, tx: WriteTx, slot: int) -> list[pb.Task]:
-        return [t for t in tx.tasks_by_service(self._service.id) if t.slot == slot and t.desired_state <= pb.RUNNING]
+    def _slot_tasks(self, tx: WriteTx, slot: SlotKey) -> list[pb.Task]:
+        return [t for t in tx.tasks_by_service(self._service.id) if _in_slot(t, slot) and t.desired_state <= pb.RUNNING]
 
-    async def _update_slot(self, slot: int) -> None:
+    async def _update_slot(self, slot: SlotKey) -> None:
         service = self._service
         start_first = self._cfg.order == pb.UpdateConfig.START_FIRST
 
@@ -220,7 +229,7 @@ class Updater:
                     keep.desired_state = pb.RUNNING
                     tx.update(keep)
                 return keep.id, []
-            fresh = new_task(service, slot)
+            fresh = new_task(service, slot) if isinstance(slot, int) else new_task(service, 0, node_id=slot)
             fresh.desired_state = pb.RUNNING if start_first else pb.READY
             tx.create(fresh)
             if not start_first:

@@ -5,6 +5,7 @@ No store access here; the Scheduler feeds NodeInfos in and writes decisions out.
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -161,31 +162,109 @@ def explain(failures: Counter[int], filters: list[Filter]) -> str:
     return f"no suitable node ({'; '.join(parts)})" if parts else "no suitable node"
 
 
+def _spread_key(ni: NodeInfo, descriptors: list[str]) -> tuple[str, ...]:
+    """A node's branch in the preference tree: the value of each spread label ("" when missing)."""
+    values = []
+    for descriptor in descriptors:
+        d = descriptor.lower()
+        if d.startswith("node.labels."):
+            values.append(ni.node.spec.annotations.labels.get(descriptor[len("node.labels.") :], ""))
+        elif d.startswith("engine.labels."):
+            values.append(ni.node.description.engine.labels.get(descriptor[len("engine.labels.") :], ""))
+        else:
+            values.append("")  # Swarm ignores other descriptors
+    return tuple(values)
+
+
 class Placement:
-    """Chooses nodes for the tasks of one service, spreading them (swarmkit's nodeLess)."""
+    """Chooses nodes for groups of like tasks, spreading them (swarmkit's nodeLess and decision tree)."""
 
     def __init__(self, nodes: list[NodeInfo]) -> None:
         self.nodes = nodes
 
-    def pick(self, task: pb.Task) -> tuple[NodeInfo | None, str]:
-        """The best node for ``task``, or None and the explanation."""
-        filters = filters_for(task)
+    def _explain(self, task: pb.Task, filters: list[Filter]) -> str:
         failures: Counter[int] = Counter()
-        fit: list[NodeInfo] = []
         for ni in self.nodes:
             for index, (_, _, check) in enumerate(filters):
                 if not check(ni):
                     failures[index] += 1
                     break
+        prefix_free = bool(task.node_id)  # preassigned (global) tasks get the bare explanation
+        text = explain(failures, filters)
+        if prefix_free and text.startswith("no suitable node ("):
+            return text[len("no suitable node (") : -1]
+        return text
+
+    def place_group(self, tasks: list[pb.Task]) -> list[tuple[pb.Task, NodeInfo | None, str]]:
+        """Place tasks that share one spec (same service and spec version)."""
+        if not tasks:
+            return []
+        first = tasks[0]
+        filters = filters_for(first)
+        preassigned = [t for t in tasks if t.node_id]
+        free = [t for t in tasks if not t.node_id]
+        out: list[tuple[pb.Task, NodeInfo | None, str]] = []
+        by_id = {ni.id: ni for ni in self.nodes}
+        for task in preassigned:
+            ni = by_id.get(task.node_id)
+            if ni is not None and all(check(ni) for _, _, check in filters):
+                ni.add(task)
+                out.append((task, ni, ""))
             else:
-                fit.append(ni)
-        if not fit:
-            return None, explain(failures, filters)
-        service = task.service_id
+                out.append((task, None, self._explain(task, filters)))
+        if not free:
+            return out
+        descriptors = [p.spread.spread_descriptor for p in first.spec.placement.preferences]
+        if descriptors:
+            out.extend(self._place_spread(free, filters, descriptors))
+        else:
+            out.extend(self._place_heap(free, filters))
+        return out
 
-        def rank(ni: NodeInfo) -> tuple[int, int, int, str]:
-            faulty = ni.recent_failures[service] if ni.recent_failures[service] >= 5 else 0
-            return (faulty, ni.tasks_by_service[service], ni.active_total, ni.id)
+    def _rank(self, ni: NodeInfo, service: str) -> tuple[int, int, int, str]:
+        faulty = ni.recent_failures[service] if ni.recent_failures[service] >= 5 else 0
+        return (faulty, ni.tasks_by_service[service], ni.active_total, ni.id)
 
-        best = min(fit, key=rank)
-        return best, ""
+    def _place_heap(self, tasks: list[pb.Task], filters: list[Filter]) -> list[tuple[pb.Task, NodeInfo | None, str]]:
+        service = tasks[0].service_id
+        heap = [(self._rank(ni, service), i, ni) for i, ni in enumerate(self.nodes)]
+        heapq.heapify(heap)
+        out: list[tuple[pb.Task, NodeInfo | None, str]] = []
+        for task in tasks:
+            chosen = None
+            while heap:
+                _, i, ni = heapq.heappop(heap)
+                if all(check(ni) for _, _, check in filters):
+                    chosen = (i, ni)
+                    break
+                # A node that cannot take this task cannot take its twins either: counts only grow.
+            if chosen is None:
+                out.append((task, None, self._explain(task, filters)))
+                continue
+            i, ni = chosen
+            ni.add(task)
+            heapq.heappush(heap, (self._rank(ni, service), i, ni))
+            out.append((task, ni, ""))
+        return out
+
+    def _place_spread(
+        self, tasks: list[pb.Task], filters: list[Filter], descriptors: list[str]
+    ) -> list[tuple[pb.Task, NodeInfo | None, str]]:
+        """Equalise the service's tasks across label values, then spread within a branch."""
+        service = tasks[0].service_id
+        out: list[tuple[pb.Task, NodeInfo | None, str]] = []
+        for task in tasks:
+            fit = [ni for ni in self.nodes if all(check(ni) for _, _, check in filters)]
+            if not fit:
+                out.append((task, None, self._explain(task, filters)))
+                continue
+            branches: dict[tuple[str, ...], list[NodeInfo]] = {}
+            for ni in self.nodes:
+                branches.setdefault(_spread_key(ni, descriptors), []).append(ni)
+            load = {key: sum(n.tasks_by_service[service] for n in members) for key, members in branches.items()}
+            fit_keys = {_spread_key(ni, descriptors) for ni in fit}
+            branch = min(fit_keys, key=lambda k: (load[k], k))
+            ni = min((n for n in fit if _spread_key(n, descriptors) == branch), key=lambda n: self._rank(n, service))
+            ni.add(task)
+            out.append((task, ni, ""))
+        return out

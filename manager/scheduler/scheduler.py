@@ -29,7 +29,8 @@ RETRY_PENDING = 1.0
 
 
 def _unassigned(task: pb.Task) -> bool:
-    return not task.node_id and task.status.state < pb.ASSIGNED and task.desired_state <= pb.RUNNING
+    """Waiting for the scheduler: never assigned, or preassigned (global) and not yet confirmed."""
+    return task.status.state < pb.ASSIGNED and task.desired_state <= pb.RUNNING
 
 
 def plan(tx: ReadTx) -> list[tuple[str, str, str]]:
@@ -48,15 +49,13 @@ def plan(tx: ReadTx) -> list[tuple[str, str, str]]:
             ):
                 infos[task.node_id].recent_failures[task.service_id] += 1
     placement = Placement(list(infos.values()))
+    groups: dict[tuple[str, int], list[pb.Task]] = {}
+    for task in sorted(pending, key=lambda t: (t.slot, ts_seconds(t.meta.created_at))):
+        groups.setdefault((task.service_id, task.spec_version.index), []).append(task)
     decisions = []
-    pending.sort(key=lambda t: (t.service_id, t.slot, ts_seconds(t.meta.created_at)))
-    for task in pending:
-        node, why = placement.pick(task)
-        if node is None:
-            decisions.append((task.id, "", why))
-        else:
-            node.add(task)
-            decisions.append((task.id, node.id, ""))
+    for group in groups.values():
+        for task, node, why in placement.place_group(group):
+            decisions.append((task.id, node.id if node is not None else "", why))
     return decisions
 
 
@@ -120,9 +119,14 @@ def _apply(decision: tuple[str, str, str]) -> Callable[[WriteTx], None]:
             node = tx.get_node(node_id)
             if node is None or node.status.state != pb.NodeStatus.READY or node.spec.availability != pb.NodeSpec.ACTIVE:
                 return  # the node changed since we planned: next tick
+            preassigned = bool(task.node_id)
             task.node_id = node_id
             task.status.state = pb.ASSIGNED
-            task.status.message = "scheduler assigned task to node"
+            task.status.message = (
+                "scheduler confirmed task can run on preassigned node"
+                if preassigned
+                else "scheduler assigned task to node"
+            )
             task.status.err = ""
         else:
             if task.status.state == pb.PENDING and task.status.err == why:
