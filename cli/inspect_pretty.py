@@ -65,6 +65,8 @@ def pretty_service(s: pb.Service) -> str:
         lines.append("Service Mode:\tGlobal")
     else:
         lines += ["Service Mode:\tReplicated", f" Replicas:\t{spec.replicated.replicas}"]
+        if spec.auto_rebalance:
+            lines.append(" Auto Rebalance:\ttrue")
     if s.HasField("update_status") and s.update_status.state:
         us = s.update_status
         lines += ["UpdateStatus:", f" State:\t\t{_UPDATE_STATE.get(us.state, '')}"]

@@ -45,6 +45,12 @@ def service() -> None:
 @click.option("--constraint", multiple=True, help="Placement constraints")
 @click.option("--placement-pref", multiple=True, help="Add a placement preference")
 @click.option("--entrypoint", help="Overwrite the default ENTRYPOINT of the image")
+@click.option(
+    "--auto-rebalance",
+    type=bool,
+    default=None,
+    help="Move tasks onto nodes that join or come back (true|false; minisw only)",
+)
 @config_options
 @click.pass_context
 def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any) -> None:
@@ -77,6 +83,8 @@ def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any
     for value in o["publish"]:
         spec.endpoint.ports.append(parse_publish(value))
     apply_common_flags(spec, o, creating=True)
+    if o["auto_rebalance"]:
+        spec.auto_rebalance = True
 
     client = _client(ctx)
     created = client.call("CreateService", api.CreateServiceRequest(spec=spec)).service
@@ -340,6 +348,13 @@ def _apply_list_changes(target: Any, add: tuple[str, ...], rm: tuple[str, ...], 
 @click.option("--publish-rm", multiple=True, help="Remove a published port by its target port")
 @click.option("--force", is_flag=True, help="Force update even if no changes require it")
 @click.option("--rollback", is_flag=True, help="Rollback to previous specification")
+@click.option("--rebalance", is_flag=True, help="Move tasks onto under-used nodes, slot by slot (minisw only)")
+@click.option(
+    "--auto-rebalance",
+    type=bool,
+    default=None,
+    help="Move tasks onto nodes that join or come back (true|false; minisw only)",
+)
 @config_options
 @click.pass_context
 def update(ctx: click.Context, /, service_ref: str, **o: Any) -> None:
@@ -403,6 +418,12 @@ def update(ctx: click.Context, /, service_ref: str, **o: Any) -> None:
     apply_common_flags(spec, o, creating=False)
     if o["force"]:
         spec.task.force_update += 1
+    if o["rebalance"]:
+        if not spec.HasField("replicated"):
+            raise click.UsageError("--rebalance can only be used with replicated mode")
+        spec.rebalance += 1
+    if o["auto_rebalance"] is not None:
+        spec.auto_rebalance = o["auto_rebalance"]
     client.call(
         "UpdateService",
         api.UpdateServiceRequest(service_id=current.id, service_version=current.meta.version, spec=spec),

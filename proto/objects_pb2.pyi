@@ -724,6 +724,13 @@ class ServiceSpec(_message.Message):
     UPDATE_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    REBALANCE_FIELD_NUMBER: _builtins.int
+    AUTO_REBALANCE_FIELD_NUMBER: _builtins.int
+    rebalance: _builtins.int
+    """Beyond Swarm: bumping the counter moves tasks onto under-used nodes, slot by slot under the
+    update config; auto_rebalance does the same whenever a node joins or comes back.
+    """
+    auto_rebalance: _builtins.bool
     @_builtins.property
     def annotations(self) -> Global___Annotations: ...
     @_builtins.property
@@ -745,10 +752,12 @@ class ServiceSpec(_message.Message):
         update: Global___UpdateConfig | None = ...,
         rollback: Global___UpdateConfig | None = ...,
         endpoint: Global___EndpointSpec | None = ...,
+        rebalance: _builtins.int = ...,
+        auto_rebalance: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "endpoint", b"endpoint", "global", b"global", "mode", b"mode", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "endpoint", b"endpoint", "global", b"global", "mode", b"mode", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "auto_rebalance", b"auto_rebalance", "endpoint", b"endpoint", "global", b"global", "mode", b"mode", "rebalance", b"rebalance", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global"]  # noqa: Y015
     _WhichOneofArgType_mode: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015

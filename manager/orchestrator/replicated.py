@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from minisw.manager.orchestrator.common import invalid_node, new_task, restart_condition_allows, slots_of
+from minisw.manager.orchestrator.rebalance import slots_to_move
 from minisw.manager.orchestrator.restart import RestartSupervisor
 from minisw.manager.orchestrator.update import UpdateSupervisor
 from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, WriteTx, iter_nowait
@@ -36,6 +37,7 @@ class ReplicatedOrchestrator:
         self.restarts = RestartSupervisor(store)
         self.updates = UpdateSupervisor(store, self.restarts)
         self._dirty_services: set[str] = set()
+        self._rebalance: set[str] = set()
         self._restart_tasks: set[str] = set()
         self._removed_services: set[str] = set()
 
@@ -85,6 +87,9 @@ class ReplicatedOrchestrator:
                 self.updates.cancel(obj.id)
             elif _is_replicated(obj):
                 self._dirty_services.add(obj.id)
+                old = item.old
+                if isinstance(old, pb.Service) and old.spec.rebalance != obj.spec.rebalance:
+                    self._rebalance.add(obj.id)
         elif isinstance(obj, pb.Task):
             if item.action == "delete":
                 if obj.desired_state <= pb.RUNNING:
@@ -99,6 +104,9 @@ class ReplicatedOrchestrator:
             if invalid_node(node):
                 tasks = self._store.view(lambda tx: tx.tasks_by_node(obj.id))
                 self._restart_tasks.update(t.id for t in tasks if t.desired_state <= pb.RUNNING)
+            elif _became_available(item):
+                services = self._store.view(lambda tx: tx.services())
+                self._rebalance.update(s.id for s in services if _is_replicated(s) and s.spec.auto_rebalance)
 
     # ---- tick ------------------------------------------------------------------------------
     async def _tick(self) -> None:
@@ -115,8 +123,26 @@ class ReplicatedOrchestrator:
             except Exception:
                 log.exception("reconciling service %s failed; will retry", service_id)
                 self._dirty_services.add(service_id)
+        rebalance, self._rebalance = self._rebalance, set()
+        for service_id in rebalance:
+            await self._store.update(functools.partial(self._plan_rebalance, service_id=service_id))
         if self._dirty_services:
             await asyncio.sleep(0.1)
+
+    def _plan_rebalance(self, tx: WriteTx, service_id: str) -> None:
+        service = tx.get_service(service_id)
+        if not _is_replicated(service):
+            return
+        assert service is not None
+        slots = {
+            s: [t for t in ts if t.desired_state <= pb.RUNNING]
+            for s, ts in slots_of(tx.tasks_by_service(service_id)).items()
+        }
+        slots = {s: ts for s, ts in slots.items() if ts}
+        moves = slots_to_move(service, slots, tx.nodes())
+        if moves:
+            log.info("rebalancing service %s: moving slots %s", service_id, moves)
+        self.updates.rebalance(service, slots, moves)
 
     def _restart_one(self, task_id: str) -> Callable[[WriteTx], None]:
         def restart(tx: WriteTx) -> None:
@@ -209,6 +235,18 @@ def choose_slots_to_remove(occupied: dict[int, list[pb.Task]], want: int) -> tup
             ranks[slot] = -1
     ranked = sorted(order, key=lambda s: (ranks[s] == -1, ranks[s] if ranks[s] != -1 else 0))
     return ranked[:want], ranked[want:]
+
+
+def _became_available(item: Event) -> bool:
+    """A node that can now take tasks and could not before (it joined, came back, or was re-activated)."""
+    node, old = item.obj, item.old
+    assert isinstance(node, pb.Node)
+    ready = node.status.state == pb.NodeStatus.READY and node.spec.availability == pb.NodeSpec.ACTIVE
+    if not ready:
+        return False
+    if not isinstance(old, pb.Node):
+        return True
+    return old.status.state != pb.NodeStatus.READY or old.spec.availability != pb.NodeSpec.ACTIVE
 
 
 def _now() -> float:

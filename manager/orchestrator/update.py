@@ -64,6 +64,14 @@ class UpdateSupervisor:
     def poke(self, service_id: str) -> None:
         """Task progress happened; updaters poll the store, so nothing to do here."""
 
+    def rebalance(self, service: pb.Service, slots: Mapping[Any, list[pb.Task]], moves: list[int]) -> None:
+        """Replace the tasks of ``moves`` (their nodes hold more than their share), slot by slot."""
+        running = self._updaters.get(service.id)
+        if not moves or (running is not None and not running[1].done()):
+            return
+        updater = Updater(self._store, self._restarts, service, {s: slots[s] for s in moves}, rebalancing=True)
+        self._spawn(service, updater.run())
+
     def update(self, service: pb.Service, slots: Mapping[Any, list[pb.Task]]) -> None:
         """Called inside the orchestrator's transaction: only decide and spawn, never write."""
         state = service.update_status.state
@@ -109,8 +117,10 @@ class Updater:
         restarts: RestartSupervisor,
         service: pb.Service,
         dirty: dict[SlotKey, list[pb.Task]],
+        rebalancing: bool = False,
     ) -> None:
         self._store = store
+        self._rebalancing = rebalancing
         self._restarts = restarts
         self._service = service
         self._dirty = dirty
@@ -157,7 +167,7 @@ class Updater:
             state = service.update_status.state
             if state == _US.UPDATING:
                 service.update_status.state = _US.COMPLETED
-                service.update_status.message = "update completed"
+                service.update_status.message = "rebalance completed" if self._rebalancing else "update completed"
             elif state == _US.ROLLBACK_STARTED:
                 service.update_status.state = _US.ROLLBACK_COMPLETED
                 service.update_status.message = "rollback completed"
@@ -170,11 +180,16 @@ class Updater:
 
     # ---- the rollout -----------------------------------------------------------------------
     async def run(self) -> None:
-        if not self._service.HasField("update_status") or self._service.update_status.state == _US.UNKNOWN:
+        fresh_status = self._service.update_status.state in (_US.UNKNOWN, _US.COMPLETED, _US.ROLLBACK_COMPLETED)
+        if (
+            not self._service.HasField("update_status")
+            or (self._rebalancing and fresh_status)
+            or (self._service.update_status.state == _US.UNKNOWN)
+        ):
 
             def start(service: pb.Service) -> bool:
                 service.update_status.state = _US.UPDATING
-                service.update_status.message = "update in progress"
+                service.update_status.message = "rebalance in progress" if self._rebalancing else "update in progress"
                 service.update_status.started_at.GetCurrentTime()
                 return True
 
@@ -218,7 +233,8 @@ class Updater:
 
         def begin(tx: WriteTx) -> tuple[str, list[str]]:
             tasks = self._slot_tasks(tx, slot)
-            clean = [t for t in tasks if not is_task_dirty(service, t)]
+            # A rebalance moves a task that is up to date: every task of the slot counts as dirty.
+            clean = [] if self._rebalancing else [t for t in tasks if not is_task_dirty(service, t)]
             keep = next((t for t in clean if t.desired_state == pb.RUNNING), None) or (clean[0] if clean else None)
             if keep is not None:
                 for t in tasks:
