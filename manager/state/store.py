@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 # swarmkit caps a batch's transactions at 200 changes; a Raft entry stays small that way.
 MAX_CHANGES_PER_TRANSACTION = 200
+CONFLICT_RETRIES = 5
 
 _TABLE_OF = {pb.Service: "service", pb.Task: "task", pb.Node: "node", pb.Cluster: "cluster"}
 _FIELD_OF_TABLE = {"service": "service", "task": "task", "node": "node", "cluster": "cluster"}
@@ -245,13 +246,25 @@ class MemoryStore:
 
     # ---- writes --------------------------------------------------------------------------
     async def update(self, fn: Callable[[WriteTx], T]) -> T:
-        """Run ``fn`` in a write transaction and commit its changes as one Raft entry."""
-        with self._lock:
-            tx = WriteTx(self._tables)
-            result = fn(tx)
-        if tx.actions:
-            await self._commit(tx.actions)
-        return result
+        """Run ``fn`` in a write transaction and commit its changes as one Raft entry.
+
+        Another entry may commit between our reads and ours; if that makes our versions stale,
+        ``fn`` runs again on the new state (a few times). An error ``fn`` raises itself, such as a
+        caller's stale version, is never retried.
+        """
+        for attempt in range(CONFLICT_RETRIES + 1):
+            with self._lock:
+                tx = WriteTx(self._tables)
+                result = fn(tx)
+            if not tx.actions:
+                return result
+            try:
+                await self._commit(tx.actions)
+                return result
+            except SequenceConflict:
+                if attempt == CONFLICT_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     async def batch(self, fns: Iterable[Callable[[WriteTx], object]]) -> list[ManagerError]:
         """Apply many small independent updates, grouped into capped transactions.
