@@ -11,6 +11,7 @@ import os
 import random
 import socket
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -21,6 +22,8 @@ from minisw.agent.reporter import StatusReporter
 from minisw.agent.session import NotLeader, Refused, Registered, Session
 from minisw.agent.worker import Worker
 from minisw.proto import dispatcher_pb2 as dpb
+from minisw.proto.certs import JoinRefused, obtain_certificate, renew_forever
+from minisw.proto.pki import TLSFiles, cert_info, insecure, server_credentials
 
 __all__ = ["Agent", "AgentConfig", "Refused"]
 
@@ -86,6 +89,7 @@ class Agent:
         self._worker = Worker(self._executor, self._reporter)
         self._ingress = IngressProxy(self._advertise)
         self._was_registered = False
+        self.tls = TLSFiles(Path(config.data_dir, "tls"))
 
     async def _registered(self, reg: Registered) -> None:
         if reg.node_id != self._state.node_id or reg.managers != self._state.managers:
@@ -95,16 +99,42 @@ class Agent:
         self._executor.node_id = reg.node_id
         self._was_registered = True
 
+    async def _ensure_certificate(self) -> None:
+        """Join with the token the first time; afterwards the certificate is this node's identity."""
+        if insecure() or self.tls.exists():
+            if not insecure():
+                self._state.node_id = cert_info(self.tls.cert.read_bytes()).node_id
+                self._executor.node_id = self._state.node_id
+            return
+        managers = list(dict.fromkeys([*self._state.managers, *self.config.join]))
+        try:
+            node_id = await obtain_certificate(managers, self.config.token, self.config.hostname, self.tls)
+        except JoinRefused as err:
+            raise Refused(str(err)) from None
+        self._state.node_id = node_id
+        self._state.save(self.config.data_dir)
+        self._executor.node_id = node_id
+
     async def run(self) -> None:
+        await self._ensure_certificate()
+        renewals = None
+        if not insecure():
+            managers = lambda: list(dict.fromkeys([*self._state.managers, *self.config.join]))  # noqa: E731
+            renewals = asyncio.create_task(renew_forever(managers, self.tls, lambda: None))
         server = None
         if self.config.control_listen:
             server = grpc.aio.server()
             server.add_generic_rpc_handlers((refusal_handler(),))
-            server.add_insecure_port(self.config.control_listen)
+            if insecure():
+                server.add_insecure_port(self.config.control_listen)
+            else:
+                server.add_secure_port(self.config.control_listen, server_credentials(self.tls.read))
             await server.start()
         try:
             await self._session_loop()
         finally:
+            if renewals is not None:
+                renewals.cancel()
             await self._worker.close()
             await self._ingress.close()
             if server is not None:
@@ -130,7 +160,7 @@ class Agent:
                 labels=self.config.labels,
                 addr=self._advertise,
             )
-            session = Session(addr, request, self._worker, self._reporter, self._ingress, self._registered)
+            session = Session(addr, request, self._worker, self._reporter, self._ingress, self._registered, self.tls)
             try:
                 await session.run()
             except Exception as raised:

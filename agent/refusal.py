@@ -7,13 +7,9 @@ from typing import Any
 import grpc
 
 from minisw.proto import control_pb2
+from minisw.proto.pki import WORKER_REFUSAL
 
 __all__ = ["WORKER_REFUSAL", "refusal_handler"]
-
-WORKER_REFUSAL = (
-    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. "
-    "Please run this command on a manager node or promote the current node to a manager."
-)
 
 
 def refusal_handler() -> grpc.GenericRpcHandler:

@@ -16,6 +16,7 @@ from minisw.agent.reporter import StatusReporter
 from minisw.agent.worker import Worker
 from minisw.proto import dispatcher_pb2 as dpb
 from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
+from minisw.proto.pki import TLSFiles, secure_channel
 from minisw.proto.timeutil import seconds
 
 __all__ = ["LEADER_METADATA", "NotLeader", "Refused", "Registered", "Session", "SessionEnded"]
@@ -57,7 +58,9 @@ class Session:
         reporter: StatusReporter,
         ingress: IngressProxy,
         on_registered: Callable[[Registered], Awaitable[None]],
+        tls: TLSFiles,
     ) -> None:
+        self._tls = tls
         self.addr = addr
         self._request = request
         self._worker = worker
@@ -66,7 +69,7 @@ class Session:
         self._on_registered = on_registered
 
     async def run(self) -> None:
-        async with grpc.aio.insecure_channel(self.addr) as channel:
+        async with secure_channel(self.addr, self._tls) as channel:
             stub = dpb_grpc.DispatcherStub(channel)
             call = stub.Session(self._request)
             try:

@@ -20,9 +20,8 @@ from typing import Any
 import click
 import grpc
 
-from minisw.cli.client import CONTEXT_FILE, save_context
+from minisw.cli.client import CONTEXT_FILE, Client, save_context
 from minisw.proto import control_pb2 as api
-from minisw.proto import control_pb2_grpc as api_grpc
 from minisw.proto import objects_pb2 as pb
 
 __all__ = ["Process", "default_dir", "dev"]
@@ -113,9 +112,20 @@ def spawn(proc: Process) -> None:
     proc.pid = child.pid
 
 
+_operator_tls: list[str] = [""]
+
+
+def operator_tls_dir(directory: str) -> str:
+    """The client certificate the first manager made for the operator (manager role)."""
+    return os.path.join(directory, "manager1", "operator-tls")
+
+
 def call(addr: str, method: str, request: Any, timeout: float = 2.0) -> Any:
-    with grpc.insecure_channel(addr) as channel:
-        return getattr(api_grpc.ControlStub(channel), method)(request, timeout=timeout)
+    client = Client(addr, _operator_tls[0])
+    try:
+        return getattr(client.stub, method)(request, timeout=timeout)
+    finally:
+        client.close()
 
 
 def wait_for(what: str, check: Any, procs: list[Process], timeout: float = READY_TIMEOUT) -> Any:
@@ -149,6 +159,7 @@ def up(managers: str, workers: int, directory: str) -> None:
     """Start a local cluster (or bring back the one in DIR)."""
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
+    _operator_tls[0] = operator_tls_dir(directory)
     procs = load(directory)
     ensure_images()
     if procs:
@@ -157,7 +168,7 @@ def up(managers: str, workers: int, directory: str) -> None:
         procs = _create(directory, int(managers), workers)
     save(directory, procs)
     leader_addr = procs[0].address
-    save_context(leader_addr, directory)
+    save_context(leader_addr, directory, operator_tls_dir(directory))
     click.echo(
         f"cluster up in {directory}: {sum(p.role == 'manager' for p in procs)} managers, "
         f"{sum(p.node_role == 'worker' for p in procs)} workers"
@@ -178,7 +189,11 @@ def _create(directory: str, managers: int, workers: int) -> list[Process]:
     spawn(first)
     procs = [first]
     save(directory, procs)
+    wait_for(
+        "the first manager's certificates", lambda: os.path.exists(os.path.join(_operator_tls[0], "key.pem")), procs
+    )
     wait_for("the first manager", lambda: call(first.address, "Info", api.Empty()).cluster_id, procs)
+    wait_for("the cluster object", lambda: call(first.address, "GetCluster", api.Empty()).cluster.id, procs)
     token = call(first.address, "GetCluster", api.Empty()).cluster.join_tokens.manager
     for i in range(2, managers + 1):
         proc = _manager_proc(directory, i, join=first.address, token=token)
@@ -282,6 +297,7 @@ def status(directory: str, as_json: bool) -> None:
     procs = load(os.path.abspath(directory))
     if not procs:
         raise click.ClickException(f"no local cluster in {directory}; start one with `minisw dev up`")
+    _operator_tls[0] = operator_tls_dir(os.path.abspath(directory))
     leader = _leader(procs)
     rows = []
     for p in procs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from minisw.cli.client import Client, resolve_host
+from minisw.cli.client import Client, resolve_host, resolve_tls_dir
 from minisw.cli.daemon import agent_command, manager_command
 from minisw.cli.dev import dev
 from minisw.cli.node import node
@@ -18,14 +18,17 @@ __all__ = ["cli", "main"]
 @click.option(
     "-H", "--host", envvar=None, help="Manager address HOST:PORT (default: $MINISW_HOST, then the dev context)"
 )
+@click.option(
+    "--tls-dir", default=None, help="Client certificate folder: ca.pem, cert.pem, key.pem (default: $MINISW_TLS_DIR)"
+)
 @click.pass_context
-def cli(ctx: click.Context, host: str | None) -> None:
+def cli(ctx: click.Context, host: str | None, tls_dir: str | None) -> None:
     """minisw: Docker Swarm's services on a few machines you can read."""
     clients: list[Client] = []
 
     def make() -> Client:
         if not clients:
-            clients.append(Client(resolve_host(host)))
+            clients.append(Client(resolve_host(host), resolve_tls_dir(tls_dir)))
         return clients[0]
 
     ctx.obj = {"client": make}

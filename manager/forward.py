@@ -35,16 +35,18 @@ class LeaderForwarder:
         self._channel: grpc.aio.Channel | None = None
         self._retired: list[grpc.aio.Channel] = []
 
-    def _stub(self, addr: str) -> api_grpc.ControlStub:
+    def _channel_for(self, addr: str) -> grpc.aio.Channel:
         if addr != self._addr or self._channel is None:
             if self._channel is not None:
                 # Calls in flight may still use the old channel; it is closed with the forwarder.
                 self._retired.append(self._channel)
             self._channel = self._channel_factory(addr)
             self._addr = addr
-        return api_grpc.ControlStub(self._channel)
+        return self._channel
 
-    async def forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def forward(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext, stub: Any = api_grpc.ControlStub
+    ) -> Any:
         metadata = dict(context.invocation_metadata() or ())
         if FORWARDED_MARK in metadata:
             await context.abort(
@@ -58,7 +60,7 @@ class LeaderForwarder:
             raise AssertionError("unreachable")
         remaining = context.time_remaining()
         timeout = min(remaining, FORWARD_TIMEOUT) if remaining is not None else FORWARD_TIMEOUT
-        call = getattr(self._stub(addr), method)
+        call = getattr(stub(self._channel_for(addr)), method)
         try:
             return await call(request, timeout=timeout, metadata=((FORWARDED_MARK, "1"),))
         except grpc.aio.AioRpcError as err:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 __all__ = ["generate_join_token", "new_id", "parse_join_token", "to_base36"]
@@ -25,9 +24,9 @@ def new_id() -> str:
     return to_base36(int.from_bytes(raw, "big"), 25)[-25:]
 
 
-def generate_join_token(root_digest_source: bytes) -> str:
-    """``SWMTKN-1-<50-char base-36 SHA-256 digest>-<25-char base-36 secret>``."""
-    digest = to_base36(int.from_bytes(hashlib.sha256(root_digest_source).digest(), "big"), 50)
+def generate_join_token(ca_digest: str) -> str:
+    """``SWMTKN-1-<the root CA's digest: 50 base-36 chars>-<25-char base-36 secret>``."""
+    digest = ca_digest
     secret = to_base36(int.from_bytes(secrets.token_bytes(16), "big"), 25)
     return f"SWMTKN-1-{digest}-{secret}"
 

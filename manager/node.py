@@ -10,21 +10,38 @@ import os
 import secrets
 import socket
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from minisw.manager import ids
+from minisw.manager.auth import Authorizer
+from minisw.manager.ca import DEFAULT_CERT_EXPIRY, RootCA
+from minisw.manager.ca_server import NodeCAServer
 from minisw.manager.controlapi.server import ControlServer
 from minisw.manager.errors import FailedPrecondition, InvalidArgument, NoQuorum
 from minisw.manager.forward import LeaderForwarder
 from minisw.manager.leadership import Component, LeaderTerm
 from minisw.manager.state.raft import RaftNode, quorum_message
 from minisw.manager.state.store import MemoryStore
+from minisw.proto import ca_pb2_grpc as capb_grpc
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
 from minisw.proto import objects_pb2 as pb
+from minisw.proto.certs import JoinRefused, obtain_certificate, renew_forever
 from minisw.proto.defaults import TASK_HISTORY_RETENTION
+from minisw.proto.pki import (
+    MANAGER_OU,
+    TLSFiles,
+    cert_info,
+    insecure,
+    join_addr,
+    new_key_and_csr,
+    secure_channel,
+    server_credentials,
+)
 from minisw.proto.timeutil import duration
 
 __all__ = ["JoinRefused", "ManagerConfig", "ManagerNode", "ManagerState"]
@@ -32,13 +49,12 @@ __all__ = ["JoinRefused", "ManagerConfig", "ManagerNode", "ManagerState"]
 log = logging.getLogger(__name__)
 
 STATE_FILE = "manager.json"
+ROOT_KEY_FILE = "root-ca-key.pem"  # until the cluster object (in Raft) holds it
+OPERATOR_TLS_DIR = "operator-tls"
+MAX_STREAMS_PER_PEER = 100
 NODE_ID_FILE = "node_id"
 DEFAULT_HEARTBEAT_PERIOD = 1.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-
-class JoinRefused(Exception):
-    """The cluster refused to let this manager join (a bad token); retrying cannot help."""
 
 
 @dataclass
@@ -50,6 +66,7 @@ class ManagerConfig:
     join: str = ""
     token: str = ""
     hostname: str = field(default_factory=socket.gethostname)
+    cert_expiry: float = 0.0  # seconds; at --init only (default 90 days)
 
     def raft_addr(self) -> str:
         if self.raft_listen:
@@ -68,6 +85,7 @@ class ManagerState:
     hostname: str
     secret: str
     peers: list[str]
+    cluster_id: str = ""
 
     @classmethod
     def load(cls, data_dir: str) -> ManagerState | None:
@@ -104,8 +122,12 @@ class ManagerNode:
         self._extra_components = components or []
         self._component_factories: list[Any] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._forwarder = LeaderForwarder(self.leader_control_addr, self.no_leader_message)
+        self.tls = TLSFiles(Path(config.data_dir, "tls"))
+        self._forwarder = LeaderForwarder(
+            self.leader_control_addr, self.no_leader_message, lambda addr: secure_channel(addr, self.tls)
+        )
         self.extra_servicers: list[Any] = []
+        self.authorizer: Authorizer | None = None
 
     # ---- start-up ------------------------------------------------------------------------
     async def _obtain_state(self) -> ManagerState:
@@ -121,7 +143,9 @@ class ManagerNode:
                 hostname=self.config.hostname,
                 secret=secrets.token_urlsafe(32),
                 peers=[],
+                cluster_id=ids.new_id(),
             )
+            self._init_pki(state)
         elif self.config.join:
             state = await self._join()
         else:
@@ -132,9 +156,24 @@ class ManagerNode:
         state.save(self.config.data_dir)
         return state
 
+    def _init_pki(self, state: ManagerState) -> None:
+        """The new cluster's root CA, this manager's certificate, and one for the operator's CLI."""
+        root = RootCA.create()
+        expiry = timedelta(seconds=self.config.cert_expiry) if self.config.cert_expiry else DEFAULT_CERT_EXPIRY
+        key, csr = new_key_and_csr()
+        self.tls.write(root.cert_pem, root.sign(csr, state.node_id, MANAGER_OU, state.cluster_id, expiry), key)
+        key_file = Path(self.config.data_dir, ROOT_KEY_FILE)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(root.key_pem)
+        op_key, op_csr = new_key_and_csr()
+        # The operator's certificate lives as long as the root: it is the admin's key to the CLI.
+        op_cert = root.sign(op_csr, f"operator-{ids.new_id()[:12]}", MANAGER_OU, state.cluster_id, timedelta(days=3650))
+        TLSFiles(Path(self.config.data_dir, OPERATOR_TLS_DIR)).write(root.cert_pem, op_cert, op_key)
+
     async def _join(self) -> ManagerState:
+        node_id = await obtain_certificate([self.config.join], self.config.token, self.config.hostname, self.tls)
         request = api.JoinManagerRequest(
-            token=self.config.token,
             raft_addr=self.config.raft_addr(),
             control_addr=self.config.listen,
             hostname=self.config.hostname,
@@ -142,7 +181,7 @@ class ManagerNode:
         delay = 0.2
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.config.join) as channel:
+                async with secure_channel(self.config.join, self.tls) as channel:
                     reply = await api_grpc.ControlStub(channel).JoinManager(request, timeout=10)
                 break
             except grpc.aio.AioRpcError as err:
@@ -151,14 +190,15 @@ class ManagerNode:
                 log.warning("cannot join through %s yet (%s); retrying", self.config.join, err.details())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        log.info("joined as manager %s; Raft peers %s", reply.node_id, list(reply.raft_peers))
+        log.info("joined as manager %s; Raft peers %s", node_id, list(reply.raft_peers))
         return ManagerState(
-            node_id=reply.node_id,
+            node_id=node_id,
             raft_addr=self.config.raft_addr(),
             listen=self.config.listen,
             hostname=self.config.hostname,
             secret=reply.raft_secret,
             peers=list(reply.raft_peers),
+            cluster_id=cert_info(self.tls.cert.read_bytes()).cluster_id,
         )
 
     async def run(self) -> None:
@@ -174,18 +214,30 @@ class ManagerNode:
             on_state_change=self._leadership_changed.set,
         )
         self.store.set_proposer(self._raft)
+        self.authorizer = Authorizer(self.store, self.tls.ca.read_bytes(), state.cluster_id)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_PEER),
                 ("grpc.so_reuseport", 0),
             ]
         )
         api_grpc.add_ControlServicer_to_server(ControlServer(self), self._server)
+        capb_grpc.add_NodeCAServicer_to_server(NodeCAServer(self), self._server)
         for add in self.extra_servicers:
             add(self, self._server)
-        self._server.add_insecure_port(state.listen)
+        if insecure():
+            self._server.add_insecure_port(state.listen)
+        else:
+            self._server.add_secure_port(state.listen, server_credentials(self.tls.read))
+            # Joining nodes have no certificate yet: this port asks for none. Only IssueNodeCertificate
+            # (which wants a join token) answers there; every other call needs a certificate.
+            self._server.add_secure_port(join_addr(state.listen), server_credentials(self.tls.read, False))
         await self._server.start()
+        self._spawn(
+            renew_forever(lambda: [state.listen, *[a for _, a in self.manager_addrs()]], self.tls, lambda: None)
+        )
         self._raft.start()
         log.info("manager %s listening on %s (raft %s)", state.node_id, state.listen, state.raft_addr)
         try:
@@ -259,29 +311,51 @@ class ManagerNode:
         """``factory(node) -> [(name, run)]``, called at the start of every term."""
         self._component_factories.append(factory)
 
+    def _local_root_ca(self) -> tuple[bytes, bytes]:
+        """The root CA this manager holds on disk (its key only on the manager that made the cluster)."""
+        key_file = Path(self.config.data_dir, ROOT_KEY_FILE)
+        return self.tls.ca.read_bytes(), key_file.read_bytes() if key_file.exists() else b""
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
     async def _bootstrap(self) -> None:
         """First thing a new leader does: apply everything committed, then make sure the basics exist."""
         assert self._raft is not None and self._state is not None
         await self._raft.barrier()
         state = self._state
 
+        root_ca, root_key = self._local_root_ca()
+
         def ensure(tx: Any) -> None:
             if tx.get_cluster() is None:
-                cluster_id = ids.new_id()
+                if not root_key:
+                    raise FailedPrecondition("no cluster object and no root CA key to create it with")
+                root = RootCA(root_ca, root_key)
                 tx.create(
                     pb.Cluster(
-                        id=cluster_id,
+                        id=state.cluster_id,
                         spec=pb.ClusterSpec(
                             annotations=pb.Annotations(name="default"),
                             orchestration=pb.ClusterSpec.Orchestration(
                                 task_history_retention_limit=TASK_HISTORY_RETENTION
                             ),
                             dispatcher=pb.ClusterSpec.Dispatcher(heartbeat_period=duration(DEFAULT_HEARTBEAT_PERIOD)),
+                            ca_config=pb.ClusterSpec.CAConfig(
+                                node_cert_expiry=duration(
+                                    self.config.cert_expiry or DEFAULT_CERT_EXPIRY.total_seconds()
+                                )
+                            ),
                         ),
                         join_tokens=pb.JoinTokens(
-                            worker=ids.generate_join_token(cluster_id.encode()),
-                            manager=ids.generate_join_token(cluster_id.encode()),
+                            worker=ids.generate_join_token(root.digest),
+                            manager=ids.generate_join_token(root.digest),
                         ),
+                        root_ca_cert=root.cert_pem,
+                        root_ca_key=root.key_pem,
                     )
                 )
             if tx.get_node(state.node_id) is None:
@@ -329,34 +403,31 @@ class ManagerNode:
     async def forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._forwarder.forward(method, request, context)
 
-    async def join_manager(self, request: api.JoinManagerRequest) -> api.JoinManagerResponse:
+    async def forward_ca(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._forwarder.forward(method, request, context, stub=capb_grpc.NodeCAStub)
+
+    async def join_manager(self, request: api.JoinManagerRequest, node_id: str) -> api.JoinManagerResponse:
+        """A manager whose certificate (node ``node_id``, manager role) was just issued joins Raft."""
         assert self._raft is not None and self._state is not None
-        cluster = self.store.view(lambda tx: tx.get_cluster())
-        if cluster is None:
-            raise FailedPrecondition("the cluster is still being initialised; try again in a moment")
-        if not secrets.compare_digest(request.token, cluster.join_tokens.manager):
-            raise InvalidArgument(
-                "A valid join token is necessary to join this cluster: the token is not this cluster's "
-                "manager join token (get it with `minisw join-token manager -q`)"
-            )
         members = self._raft.members()
-        existing = next(
-            (n for n in self.store.view(lambda tx: tx.nodes()) if n.manager_status.raft_addr == request.raft_addr),
-            None,
-        )
-        if existing is not None and request.raft_addr in members:
-            node_id = existing.id  # a retried join: answer the same
-        else:
-            node_id = ids.new_id()
-            node = _manager_node(node_id, request.hostname, request.control_addr, request.raft_addr)
-            await self.store.update(lambda tx: tx.create(node))
+        if request.raft_addr not in members:
+
+            def record(tx: Any) -> None:
+                existing = tx.get_node(node_id)
+                node = _manager_node(node_id, request.hostname, request.control_addr, request.raft_addr)
+                if existing is None:
+                    tx.create(node)
+                else:
+                    existing.manager_status.CopyFrom(node.manager_status)
+                    existing.status.addr = node.status.addr
+                    existing.role = pb.MANAGER
+                    tx.update(existing)
+
+            await self.store.update(record)
             # The membership change commits only once the new member runs, and it starts only
             # after our answer: so we answer first and let the change finish in the background.
             self._remember_peers(extra=request.raft_addr)
-            task = asyncio.create_task(self._raft.add_member(request.raft_addr))
-            self._background.add(task)
-            task.add_done_callback(_log_membership_result)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._raft.add_member(request.raft_addr)).add_done_callback(_log_membership_result)
         peers = [m for m in members if m != request.raft_addr]
         return api.JoinManagerResponse(node_id=node_id, raft_secret=self._state.secret, raft_peers=peers)
 

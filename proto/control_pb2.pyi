@@ -503,6 +503,28 @@ class ClusterResponse(_message.Message):
 Global___ClusterResponse: _TypeAlias = ClusterResponse  # noqa: Y015
 
 @_typing.final
+class RotateJoinTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_FIELD_NUMBER: _builtins.int
+    MANAGER_FIELD_NUMBER: _builtins.int
+    worker: _builtins.bool
+    manager: _builtins.bool
+    def __init__(
+        self,
+        *,
+        worker: _builtins.bool = ...,
+        manager: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager", b"manager", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateJoinTokenRequest: _TypeAlias = RotateJoinTokenRequest  # noqa: Y015
+
+@_typing.final
 class InfoResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -551,10 +573,14 @@ class JoinManagerRequest(_message.Message):
     RAFT_ADDR_FIELD_NUMBER: _builtins.int
     CONTROL_ADDR_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
     token: _builtins.str
+    """unused since managers join with their certificate; kept for the wire"""
     raft_addr: _builtins.str
     control_addr: _builtins.str
     hostname: _builtins.str
+    node_id: _builtins.str
+    """set by the manager that first receives the call, from the caller's certificate"""
     def __init__(
         self,
         *,
@@ -562,10 +588,11 @@ class JoinManagerRequest(_message.Message):
         raft_addr: _builtins.str = ...,
         control_addr: _builtins.str = ...,
         hostname: _builtins.str = ...,
+        node_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_addr", b"control_addr", "hostname", b"hostname", "raft_addr", b"raft_addr", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_addr", b"control_addr", "hostname", b"hostname", "node_id", b"node_id", "raft_addr", b"raft_addr", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -94,6 +94,11 @@ class ControlStub:
                 request_serializer=minisw_dot_proto_dot_control__pb2.Empty.SerializeToString,
                 response_deserializer=minisw_dot_proto_dot_control__pb2.ClusterResponse.FromString,
                 _registered_method=True)
+        self.RotateJoinToken = channel.unary_unary(
+                '/minisw.Control/RotateJoinToken',
+                request_serializer=minisw_dot_proto_dot_control__pb2.RotateJoinTokenRequest.SerializeToString,
+                response_deserializer=minisw_dot_proto_dot_control__pb2.ClusterResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/minisw.Control/Info',
                 request_serializer=minisw_dot_proto_dot_control__pb2.Empty.SerializeToString,
@@ -181,6 +186,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateJoinToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -255,6 +266,11 @@ def add_ControlServicer_to_server(servicer, server):
             'GetCluster': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCluster,
                     request_deserializer=minisw_dot_proto_dot_control__pb2.Empty.FromString,
+                    response_serializer=minisw_dot_proto_dot_control__pb2.ClusterResponse.SerializeToString,
+            ),
+            'RotateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateJoinToken,
+                    request_deserializer=minisw_dot_proto_dot_control__pb2.RotateJoinTokenRequest.FromString,
                     response_serializer=minisw_dot_proto_dot_control__pb2.ClusterResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
@@ -591,6 +607,33 @@ class Control:
             target,
             '/minisw.Control/GetCluster',
             minisw_dot_proto_dot_control__pb2.Empty.SerializeToString,
+            minisw_dot_proto_dot_control__pb2.ClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minisw.Control/RotateJoinToken',
+            minisw_dot_proto_dot_control__pb2.RotateJoinTokenRequest.SerializeToString,
             minisw_dot_proto_dot_control__pb2.ClusterResponse.FromString,
             options,
             channel_credentials,

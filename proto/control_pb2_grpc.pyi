@@ -43,6 +43,7 @@ class ControlStub:
     UpdateNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateNodeRequest, _control_pb2.NodeResponse]
     RemoveNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveNodeRequest, _control_pb2.Empty]
     GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.ClusterResponse]
+    RotateJoinToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.ClusterResponse]
     Info: _grpc.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.InfoResponse]
     JoinManager: _grpc.UnaryUnaryMultiCallable[_control_pb2.JoinManagerRequest, _control_pb2.JoinManagerResponse]
     """Manager-to-manager: a new manager asks to become a Raft member."""
@@ -62,6 +63,7 @@ class ControlAsyncStub(ControlStub):
     UpdateNode: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateNodeRequest, _control_pb2.NodeResponse]  # type: ignore[assignment]
     RemoveNode: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveNodeRequest, _control_pb2.Empty]  # type: ignore[assignment]
     GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.ClusterResponse]  # type: ignore[assignment]
+    RotateJoinToken: _aio.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.ClusterResponse]  # type: ignore[assignment]
     Info: _aio.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.InfoResponse]  # type: ignore[assignment]
     JoinManager: _aio.UnaryUnaryMultiCallable[_control_pb2.JoinManagerRequest, _control_pb2.JoinManagerResponse]  # type: ignore[assignment]
     """Manager-to-manager: a new manager asks to become a Raft member."""
@@ -148,6 +150,13 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
     def GetCluster(
         self,
         request: _control_pb2.Empty,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ClusterResponse, _abc.Awaitable[_control_pb2.ClusterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateJoinToken(
+        self,
+        request: _control_pb2.RotateJoinTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ClusterResponse, _abc.Awaitable[_control_pb2.ClusterResponse]]: ...
 

@@ -1365,25 +1365,47 @@ class ClusterSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class CAConfig(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NODE_CERT_EXPIRY_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def node_cert_expiry(self) -> _duration_pb2.Duration: ...
+        def __init__(
+            self,
+            *,
+            node_cert_expiry: _duration_pb2.Duration | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["node_cert_expiry", b"node_cert_expiry"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["node_cert_expiry", b"node_cert_expiry"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     ORCHESTRATION_FIELD_NUMBER: _builtins.int
     DISPATCHER_FIELD_NUMBER: _builtins.int
+    CA_CONFIG_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def annotations(self) -> Global___Annotations: ...
     @_builtins.property
     def orchestration(self) -> Global___ClusterSpec.Orchestration: ...
     @_builtins.property
     def dispatcher(self) -> Global___ClusterSpec.Dispatcher: ...
+    @_builtins.property
+    def ca_config(self) -> Global___ClusterSpec.CAConfig: ...
     def __init__(
         self,
         *,
         annotations: Global___Annotations | None = ...,
         orchestration: Global___ClusterSpec.Orchestration | None = ...,
         dispatcher: Global___ClusterSpec.Dispatcher | None = ...,
+        ca_config: Global___ClusterSpec.CAConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "dispatcher", b"dispatcher", "orchestration", b"orchestration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "ca_config", b"ca_config", "dispatcher", b"dispatcher", "orchestration", b"orchestration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "dispatcher", b"dispatcher", "orchestration", b"orchestration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "ca_config", b"ca_config", "dispatcher", b"dispatcher", "orchestration", b"orchestration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1397,13 +1419,23 @@ class Cluster(_message.Message):
     META_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     JOIN_TOKENS_FIELD_NUMBER: _builtins.int
+    ROOT_CA_CERT_FIELD_NUMBER: _builtins.int
+    ROOT_CA_KEY_FIELD_NUMBER: _builtins.int
+    REMOVED_NODES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    root_ca_cert: _builtins.bytes
+    """The root CA. The store lives on managers only, and the control API never returns the key."""
+    root_ca_key: _builtins.bytes
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
     def spec(self) -> Global___ClusterSpec: ...
     @_builtins.property
     def join_tokens(self) -> Global___JoinTokens: ...
+    @_builtins.property
+    def removed_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Nodes removed from the swarm: their certificates are refused from then on."""
+
     def __init__(
         self,
         *,
@@ -1411,10 +1443,13 @@ class Cluster(_message.Message):
         meta: Global___Meta | None = ...,
         spec: Global___ClusterSpec | None = ...,
         join_tokens: Global___JoinTokens | None = ...,
+        root_ca_cert: _builtins.bytes = ...,
+        root_ca_key: _builtins.bytes = ...,
+        removed_nodes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["join_tokens", b"join_tokens", "meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "join_tokens", b"join_tokens", "meta", b"meta", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "join_tokens", b"join_tokens", "meta", b"meta", "removed_nodes", b"removed_nodes", "root_ca_cert", b"root_ca_cert", "root_ca_key", b"root_ca_key", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from minisw.manager import ids
+from minisw.manager.auth import Authorizer, Denied
 from minisw.manager.controlapi.ports import allocate_endpoint
 from minisw.manager.controlapi.validate import validate_node_spec, validate_service_spec
 from minisw.manager.errors import (
@@ -25,12 +26,14 @@ from minisw.manager.errors import (
     NotFound,
     SequenceConflict,
 )
+from minisw.manager.forward import FORWARDED_MARK
 from minisw.manager.state.store import MemoryStore, ReadTx, WriteTx
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.defaults import interpolate_service_spec
 from minisw.proto.model import is_task_dirty
+from minisw.proto.pki import MANAGER_OU
 
 __all__ = ["ControlServer", "ManagerHandle", "grpc_code_for"]
 
@@ -43,6 +46,7 @@ class ManagerHandle(Protocol):
 
     node_id: str
     store: MemoryStore
+    authorizer: Authorizer | None
 
     def is_leader(self) -> bool: ...
     def leader_control_addr(self) -> str | None: ...
@@ -52,7 +56,7 @@ class ManagerHandle(Protocol):
         ...
 
     def check_quorum(self) -> None: ...
-    async def join_manager(self, request: api.JoinManagerRequest) -> api.JoinManagerResponse: ...
+    async def join_manager(self, request: api.JoinManagerRequest, node_id: str) -> api.JoinManagerResponse: ...
     async def forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any: ...
 
 
@@ -111,6 +115,12 @@ class ControlServer(api_grpc.ControlServicer):
         context: grpc.aio.ServicerContext,
         handler: Callable[[Any], Awaitable[R]],
     ) -> R:
+        try:
+            assert self._m.authorizer is not None
+            self._m.authorizer.require(context, MANAGER_OU)
+        except Denied as err:
+            await context.abort(err.code, str(err))
+            raise AssertionError("unreachable") from err
         if not self._m.is_leader():
             return await self._m.forward(method, request, context)  # type: ignore[no-any-return]
         try:
@@ -361,6 +371,10 @@ class ControlServer(api_grpc.ControlServicer):
                     f"node {node.id} is not down and can't be removed; use --force to remove it anyway"
                 )
             tx.delete(node)
+            cluster = tx.get_cluster()
+            if cluster is not None and node.id not in cluster.removed_nodes:
+                cluster.removed_nodes.append(node.id)  # its certificate is refused from now on
+                tx.update(cluster)
 
         await self._store.update(remove)
         return api.Empty()
@@ -373,7 +387,26 @@ class ControlServer(api_grpc.ControlServicer):
         cluster = self._store.view(lambda tx: tx.get_cluster())
         if cluster is None:
             raise FailedPrecondition("the cluster is still being initialised; try again in a moment")
+        cluster.ClearField("root_ca_key")  # the CA's key never leaves the managers' store
         return api.ClusterResponse(cluster=cluster)
+
+    async def RotateJoinToken(self, request: api.RotateJoinTokenRequest, context: Any) -> api.ClusterResponse:
+        return await self._route("RotateJoinToken", request, context, self._rotate_join_token)
+
+    async def _rotate_join_token(self, request: api.RotateJoinTokenRequest) -> api.ClusterResponse:
+        def rotate(tx: WriteTx) -> None:
+            cluster = tx.get_cluster()
+            if cluster is None:
+                raise FailedPrecondition("the cluster is still being initialised; try again in a moment")
+            digest = cluster.join_tokens.worker.split("-")[2]
+            if request.worker:
+                cluster.join_tokens.worker = ids.generate_join_token(digest)
+            if request.manager:
+                cluster.join_tokens.manager = ids.generate_join_token(digest)
+            tx.update(cluster)
+
+        await self._store.update(rotate)
+        return await self._get_cluster(api.Empty())
 
     async def Info(self, request: api.Empty, context: Any) -> api.InfoResponse:
         reply: api.InfoResponse = await self._route("Info", request, context, self._info)
@@ -399,7 +432,13 @@ class ControlServer(api_grpc.ControlServicer):
         return self._store.view(read)
 
     async def JoinManager(self, request: api.JoinManagerRequest, context: Any) -> api.JoinManagerResponse:
-        return await self._route("JoinManager", request, context, self._m.join_manager)
+        assert self._m.authorizer is not None
+        forwarded = FORWARDED_MARK in dict(context.invocation_metadata() or ())
+        if not forwarded:
+            # The joining manager's identity is its certificate; a forwarded call carries it along.
+            peer = self._m.authorizer.peer(context)
+            request.node_id = peer.node_id if peer is not None else ""
+        return await self._route("JoinManager", request, context, lambda r: self._m.join_manager(r, r.node_id))
 
 
 def _service_status(service: pb.Service, tasks: list[pb.Task]) -> api.ServiceStatus:

@@ -19,10 +19,12 @@ from typing import Any, Protocol
 import grpc
 
 from minisw.manager import ids
+from minisw.manager.auth import Authorizer, Denied
 from minisw.manager.state.store import Event, MemoryStore, ReadTx, WriteTx, iter_nowait
 from minisw.proto import dispatcher_pb2 as dpb
 from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
 from minisw.proto import objects_pb2 as pb
+from minisw.proto.pki import MANAGER_OU, WORKER_OU
 from minisw.proto.timeutil import duration, now_ts, seconds
 
 __all__ = ["LEADER_METADATA", "Dispatcher", "DispatcherServer", "ingress_routes"]
@@ -39,6 +41,7 @@ ASSIGNMENT_DEBOUNCE = 0.02
 
 class ManagerView(Protocol):
     node_id: str
+    authorizer: Authorizer | None
 
     def leader_control_addr(self) -> str | None: ...
     def manager_addrs(self) -> list[tuple[str, str]]: ...
@@ -119,24 +122,26 @@ class Dispatcher:
                 session.closed.set()
 
     # ---- sessions --------------------------------------------------------------------------
-    async def register(self, request: dpb.SessionRequest, peer_host: str) -> _Session:
+    async def register(self, request: dpb.SessionRequest, peer_host: str, cert_node_id: str) -> _Session:
+        """``cert_node_id``: the node its certificate names ("" in the test-only plaintext mode)."""
         cluster = self._store.view(lambda tx: tx.get_cluster())
         if cluster is None:
             raise _Refused(grpc.StatusCode.UNAVAILABLE, "the cluster is still being initialised")
-        tokens = (cluster.join_tokens.worker, cluster.join_tokens.manager)
-        if not any(secrets.compare_digest(request.token, t) for t in tokens if t):
-            raise _Refused(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "A valid join token is necessary to join this cluster: the token is neither this cluster's "
-                "worker nor its manager join token (get one with `minisw join-token worker -q`)",
-            )
-        node_id = request.node_id or ids.new_id()
+        if not cert_node_id:
+            tokens = (cluster.join_tokens.worker, cluster.join_tokens.manager)
+            if not any(secrets.compare_digest(request.token, t) for t in tokens if t):
+                raise _Refused(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "A valid join token is necessary to join this cluster: the token is neither this cluster's "
+                    "worker nor its manager join token (get one with `minisw join-token worker -q`)",
+                )
+        node_id = cert_node_id or request.node_id or ids.new_id()
         addr = request.addr or peer_host
 
         def upsert(tx: WriteTx) -> None:
             node = tx.get_node(node_id)
             if node is None:
-                if request.node_id:
+                if request.node_id or cert_node_id:
                     raise _Refused(
                         grpc.StatusCode.NOT_FOUND,
                         f"node {node_id} is not part of this swarm (it was removed); join it again "
@@ -367,6 +372,20 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
         self._manager = manager
         self.current: Dispatcher | None = None
 
+    async def _peer(self, context: grpc.aio.ServicerContext, node_id: str | None) -> str:
+        """The caller's node ID from its certificate; it may only speak for itself."""
+        try:
+            assert self._manager.authorizer is not None
+            peer = self._manager.authorizer.require(context, MANAGER_OU, WORKER_OU)
+        except Denied as err:
+            await context.abort(err.code, str(err))
+            raise AssertionError("unreachable") from err
+        if peer.node_id == "insecure":
+            return ""
+        if node_id is not None and node_id != peer.node_id:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this certificate is not node {node_id}'s")
+        return str(peer.node_id)
+
     async def _dispatcher(self, context: grpc.aio.ServicerContext) -> Dispatcher:
         if self.current is None:
             leader = self._manager.leader_control_addr() or ""
@@ -379,11 +398,12 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
         return self.current
 
     async def Session(self, request: dpb.SessionRequest, context: Any) -> AsyncIterator[dpb.SessionMessage]:
+        cert_node_id = await self._peer(context, None)
         dispatcher = await self._dispatcher(context)
         peer = context.peer() or ""
         host = peer.split(":")[1] if peer.startswith("ipv4:") else ""
         try:
-            session = await dispatcher.register(request, host)
+            session = await dispatcher.register(request, host, cert_node_id)
         except _Refused as err:
             await context.abort(err.code, str(err))
             return
@@ -394,6 +414,7 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
             dispatcher.session_lost(session)
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest, context: Any) -> dpb.HeartbeatResponse:
+        await self._peer(context, request.node_id)
         dispatcher = await self._dispatcher(context)
         try:
             period = dispatcher.heartbeat(request.node_id, request.session_id)
@@ -403,6 +424,7 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
         return dpb.HeartbeatResponse(period=duration(period))
 
     async def Assignments(self, request: dpb.AssignmentsRequest, context: Any) -> AsyncIterator[dpb.AssignmentsMessage]:
+        await self._peer(context, request.node_id)
         dispatcher = await self._dispatcher(context)
         try:
             session = dispatcher.check(request.node_id, request.session_id)
@@ -415,6 +437,7 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
     async def UpdateTaskStatus(
         self, request: dpb.UpdateTaskStatusRequest, context: Any
     ) -> dpb.UpdateTaskStatusResponse:
+        await self._peer(context, request.node_id)
         dispatcher = await self._dispatcher(context)
         try:
             session = dispatcher.check(request.node_id, request.session_id)

@@ -105,15 +105,28 @@ class _Proc:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def operator_channel(addr: str, tls_dir: Path) -> grpc.Channel:
+    """A channel with the operator's certificate (the first manager makes it at --init)."""
+    if os.environ.get("MINISW_INSECURE") == "1":
+        return grpc.insecure_channel(addr)
+    files = [tls_dir / name for name in ("ca.pem", "cert.pem", "key.pem")]
+    poll_until(lambda: all(f.exists() for f in files), 30, what=f"certificates in {tls_dir}")
+    ca, cert, key = (f.read_bytes() for f in files)
+    creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    options = [("grpc.ssl_target_name_override", "swarm-manager"), ("grpc.default_authority", "swarm-manager")]
+    return grpc.secure_channel(addr, creds, options=options)
+
+
 @dataclass
 class ManagerProc(_Proc):
     addr: str = ""
+    tls_dir: Path = Path()
 
     def stub(self) -> api_grpc.ControlStub:
-        return api_grpc.ControlStub(grpc.insecure_channel(self.addr))
+        return api_grpc.ControlStub(operator_channel(self.addr, self.tls_dir))
 
     def info(self, timeout: float = 2.0) -> api.InfoResponse:
-        with grpc.insecure_channel(self.addr) as channel:
+        with operator_channel(self.addr, self.tls_dir) as channel:
             return api_grpc.ControlStub(channel).Info(api.Empty(), timeout=timeout)  # type: ignore[no-any-return]
 
 
@@ -131,6 +144,7 @@ class Cluster:
         self.managers: list[ManagerProc] = []
         self.agents: list[AgentProc] = []
         self.env = {"MINISW_CONFIG": str(root / "config"), **(env or {})}
+        self.tls_dir = root / "manager1" / "operator-tls"
 
     # ---- managers -----------------------------------------------------------------------
     def add_manager(self, wait: bool = True) -> ManagerProc:
@@ -143,7 +157,7 @@ class Cluster:
             args += ["--join", self.managers[0].addr, "--token", token]
         else:
             args += ["--init"]
-        proc = ManagerProc(f"manager{i}", data, args, dict(self.env), addr=addr)
+        proc = ManagerProc(f"manager{i}", data, args, dict(self.env), addr=addr, tls_dir=self.tls_dir)
         proc.start()
         self.managers.append(proc)
         if wait:
@@ -189,7 +203,7 @@ class Cluster:
         """The cluster object, once the first leader has created it."""
 
         def get() -> Any:
-            with grpc.insecure_channel(self.any_manager().addr) as channel:
+            with operator_channel(self.any_manager().addr, self.tls_dir) as channel:
                 return api_grpc.ControlStub(channel).GetCluster(api.Empty(), timeout=5).cluster
 
         return poll_until(get, 30, what="the cluster object")
@@ -233,7 +247,7 @@ class Cluster:
         return proc
 
     def nodes(self) -> list[Any]:
-        with grpc.insecure_channel(self.any_manager().addr) as channel:
+        with operator_channel(self.any_manager().addr, self.tls_dir) as channel:
             return list(api_grpc.ControlStub(channel).ListNodes(api.ListNodesRequest(), timeout=5).nodes)
 
     def node_state(self, hostname: str) -> int:
@@ -243,7 +257,7 @@ class Cluster:
         poll_until(lambda: self.node_state(hostname) == 2, timeout, what=f"node {hostname} ready")
 
     def tasks(self, service: str) -> list[Any]:
-        with grpc.insecure_channel(self.any_manager().addr) as channel:
+        with operator_channel(self.any_manager().addr, self.tls_dir) as channel:
             stub = api_grpc.ControlStub(channel)
             return list(stub.ListTasks(api.ListTasksRequest(service_ids=[service]), timeout=5).tasks)
 
@@ -264,7 +278,7 @@ class Cluster:
     def cli(self, *args: str, host: str | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         host = host or self.any_manager().addr
         return subprocess.run(
-            minisw_command("--host", host, *args),
+            minisw_command("--host", host, "--tls-dir", str(self.tls_dir), *args),
             capture_output=True,
             text=True,
             timeout=timeout,
