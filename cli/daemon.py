@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from minisw.cli.units import parse_duration
+
 __all__ = ["agent_command", "manager_command", "run_until_signalled", "setup_logging"]
 
 
@@ -52,22 +54,45 @@ def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
 @click.option("--join", default="", help="Join the cluster of the manager at ADDR")
 @click.option("--token", default="", help="The manager join token")
 @click.option("--hostname", default=socket.gethostname(), show_default=True, help="Node name")
+@click.option(
+    "--cert-expiry", default="2160h", show_default=True, help="Node certificates' validity (with --init); 2m for tests"
+)
 @click.option("-v", "--verbose", is_flag=True)
 def manager_command(
-    data_dir: str, listen: str, raft_listen: str, init: bool, join: str, token: str, hostname: str, verbose: bool
+    data_dir: str,
+    listen: str,
+    raft_listen: str,
+    init: bool,
+    join: str,
+    token: str,
+    hostname: str,
+    cert_expiry: str,
+    verbose: bool,
 ) -> None:
     """Run a manager in the foreground."""
     if init and join:
         raise click.UsageError("--init and --join exclude each other: start a new cluster or join one")
     if join and not token:
         raise click.UsageError("--join needs --token (see `minisw join-token manager`)")
+    expiry = parse_duration(cert_expiry, "--cert-expiry") / 1e9
+    if expiry < 60:
+        raise click.BadParameter(
+            f'"{cert_expiry}" is too short: certificates must live at least 1m', param_hint="--cert-expiry"
+        )
     setup_logging(verbose)
     from minisw.manager.errors import ManagerError
     from minisw.manager.main import build_manager
     from minisw.manager.node import JoinRefused, ManagerConfig
 
     config = ManagerConfig(
-        data_dir=data_dir, listen=listen, raft_listen=raft_listen, init=init, join=join, token=token, hostname=hostname
+        data_dir=data_dir,
+        listen=listen,
+        raft_listen=raft_listen,
+        init=init,
+        join=join,
+        token=token,
+        hostname=hostname,
+        cert_expiry=expiry,
     )
     try:
         run_until_signalled(build_manager(config).run())

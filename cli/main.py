@@ -50,10 +50,16 @@ cli.add_command(dev)
 @cli.command("join-token")
 @click.argument("role", type=click.Choice(["worker", "manager"]))
 @click.option("-q", "--quiet", is_flag=True, help="Only display token")
+@click.option("--rotate", is_flag=True, help="Rotate join token (the old one stops working for new joins)")
 @click.pass_context
-def join_token(ctx: click.Context, role: str, quiet: bool) -> None:
+def join_token(ctx: click.Context, role: str, quiet: bool, rotate: bool) -> None:
     """Manage join tokens."""
     client: Client = ctx.obj["client"]()
+    if rotate:
+        request = api.RotateJoinTokenRequest(worker=role == "worker", manager=role == "manager")
+        client.call("RotateJoinToken", request)
+        if not quiet:
+            click.echo(f"Successfully rotated {role} join token.\n")
     cluster = client.call("GetCluster", api.Empty()).cluster
     token = getattr(cluster.join_tokens, role)
     if quiet:

@@ -153,6 +153,10 @@ class Dispatcher:
                 node.spec.annotations.labels.update(request.labels)
                 tx.create(_described(node, request, addr))
             else:
+                if not node.description.engine.engine_version:
+                    # Its first session (the CA created the node): the labels the agent was started
+                    # with become the node's labels; later the operator owns them (node update).
+                    node.spec.annotations.labels.update(request.labels)
                 tx.update(_described(node, request, addr))
 
         await self._store.update(upsert)

@@ -147,16 +147,17 @@ class Cluster:
         self.tls_dir = root / "manager1" / "operator-tls"
 
     # ---- managers -----------------------------------------------------------------------
-    def add_manager(self, wait: bool = True) -> ManagerProc:
+    def add_manager(self, wait: bool = True, token: str | None = None, extra: list[str] | None = None) -> ManagerProc:
         i = len(self.managers) + 1
         addr = f"{self.subnet}.{10 + i}:{CONTROL_PORT}"
         data = self.root / f"manager{i}"
         args = ["manager", "--data-dir", str(data), "--listen", addr, "--hostname", f"manager{i}"]
         if self.managers:
-            token = self.cluster().join_tokens.manager
+            token = token if token is not None else self.cluster().join_tokens.manager
             args += ["--join", self.managers[0].addr, "--token", token]
         else:
             args += ["--init"]
+        args += extra or []
         proc = ManagerProc(f"manager{i}", data, args, dict(self.env), addr=addr, tls_dir=self.tls_dir)
         proc.start()
         self.managers.append(proc)

@@ -1,0 +1,167 @@
+"""The cluster's PKI over real processes: join tokens, mutual TLS, roles, renewal, revocation, Raft."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+
+from minisw.manager.ca import RootCA
+from minisw.proto import control_pb2 as api
+from minisw.proto import control_pb2_grpc as api_grpc
+from minisw.proto.pki import MANAGER_OU, new_key_and_csr
+from tests.support.cluster import Cluster, poll_until
+
+pytestmark = pytest.mark.slow
+
+
+def exited(proc: object, timeout: float = 20.0) -> int:
+    popen = proc.popen  # type: ignore[attr-defined]
+    return int(popen.wait(timeout))
+
+
+def test_bad_tokens_are_refused_and_the_joiner_exits(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory().start_managers(1)
+    good = c.cluster().join_tokens.worker
+    prefix, digest, _ = good.rsplit("-", 2)
+    wrong_secret = f"{prefix}-{digest}-{'0' * 25}"
+    agent = c.add_agent("wrong", token=wrong_secret, wait=False)
+    assert exited(agent) != 0
+    assert "A valid join token is necessary to join this cluster" in agent.log_tail()
+
+    other_digest = f"{prefix}-{'1' * 50}-{good.rsplit('-', 1)[1]}"
+    agent = c.add_agent("foreign", token=other_digest, wait=False)
+    assert exited(agent) != 0
+    assert "does not match the cluster" in agent.log_tail()
+
+    c.cli_ok("join-token", "--rotate", "worker")
+    agent = c.add_agent("stale", token=good, wait=False)
+    assert exited(agent) != 0
+    assert "not current (rotated" in agent.log_tail()
+    fresh = c.cluster().join_tokens.worker
+    assert fresh != good and fresh.split("-")[2] == digest  # same CA, new secret
+    c.add_agent("fresh", token=fresh)  # joins
+
+    manager_token = c.cluster().join_tokens.manager
+    bad = c.add_manager(wait=False, token=manager_token[:-25] + "0" * 25)
+    assert exited(bad) != 0
+    assert "join refused" in bad.log_tail() and "A valid join token is necessary" in bad.log_tail()
+
+
+def test_an_unreachable_manager_is_retried(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory().start_managers(1)
+    token = c.cluster().join_tokens.worker
+    c.managers[0].addr, real = f"{c.subnet}.99:4242", c.managers[0].addr  # nobody listens there
+    agent = c.add_agent("patient", token=token, wait=False)
+    c.managers[0].addr = real
+    time.sleep(3)
+    assert agent.running(), agent.log_tail()
+    assert "retrying" in agent.log_tail()
+
+
+def test_plaintext_and_foreign_certificates_are_refused(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory().start_managers(1)
+    addr = c.managers[0].addr
+    with grpc.insecure_channel(addr) as channel, pytest.raises(grpc.RpcError) as err:
+        api_grpc.ControlStub(channel).ListServices(api.ListServicesRequest(), timeout=3)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    # A certificate from a CA of our own, even one claiming the manager role and this cluster.
+    rogue = RootCA.create()
+    key, csr = new_key_and_csr()
+    cluster_id = c.cluster().id
+    cert = rogue.sign(csr, "intruder", MANAGER_OU, cluster_id, dt.timedelta(hours=1))
+    real_ca = (c.tls_dir / "ca.pem").read_bytes()
+    creds = grpc.ssl_channel_credentials(root_certificates=real_ca, private_key=key, certificate_chain=cert)
+    options = [("grpc.ssl_target_name_override", "swarm-manager")]
+    with grpc.secure_channel(addr, creds, options=options) as channel, pytest.raises(grpc.RpcError) as err:
+        api_grpc.ControlStub(channel).ListServices(api.ListServicesRequest(), timeout=3)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Without any client certificate, the control port refuses too; the join port only issues.
+    creds = grpc.ssl_channel_credentials(root_certificates=real_ca)
+    with grpc.secure_channel(addr, creds, options=options) as channel, pytest.raises(grpc.RpcError):
+        api_grpc.ControlStub(channel).ListServices(api.ListServicesRequest(), timeout=3)
+    host, _, port = addr.rpartition(":")
+    with grpc.secure_channel(f"{host}:{int(port) + 2}", creds, options=options) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            api_grpc.ControlStub(channel).ListServices(api.ListServicesRequest(), timeout=3)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "client certificate" in (err.value.details() or "")
+    assert c.cli_json("service", "ls", "--format", "json") == []
+
+
+def test_a_worker_certificate_cannot_use_the_control_api(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory().start_managers(1)
+    agent = c.add_agent()
+    result = c.cli("--tls-dir", str(Path(agent.data_dir, "tls")), "service", "ls")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Error response from daemon: This node is not a swarm manager. Worker nodes can't be used to view or "
+        "modify cluster state. Please run this command on a manager node or promote the current node to a manager."
+    )
+
+
+def _not_before(path: Path) -> dt.datetime:
+    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_before_utc
+
+
+@pytest.mark.docker
+def test_certificates_renew_under_a_short_expiry_without_disturbing_tasks(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory()
+    first = c.add_manager(extra=["--cert-expiry", "1m"])
+    agent = c.add_agent()
+    c.cli_ok("service", "create", "--name", "web", "--replicas", "2", "minisw/web:1")
+    tasks = {t.id for t in c.running_tasks("web")}
+    agent_cert = Path(agent.data_dir, "tls", "cert.pem")
+    manager_cert = Path(first.data_dir, "tls", "cert.pem")
+    agent_before, manager_before = _not_before(agent_cert), _not_before(manager_cert)
+    poll_until(
+        lambda: _not_before(agent_cert) > agent_before and _not_before(manager_cert) > manager_before,
+        75,
+        interval=1,
+        what="both certificates renewed",
+    )
+    time.sleep(2)
+    assert {t.id for t in c.running_tasks("web")} == tasks
+    assert len(c.tasks("web")) == 2  # nothing restarted
+    c.cli_ok("service", "scale", "web=3")  # and the cluster keeps working on the new certificates
+    assert len(c.running_tasks("web")) == 3
+
+
+def test_a_removed_node_cannot_reconnect(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory().start_managers(1)
+    agent = c.add_agent("gone")
+    agent.kill()
+    poll_until(lambda: c.node_state("gone") == 1, 15, what="node down")
+    c.cli_ok("node", "rm", "gone")
+    agent.start()
+    assert exited(agent) != 0
+    assert "removed from swarm" in agent.log_tail()
+
+
+def test_raft_port_ignores_strangers(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory().start_managers(1)
+    c.cli_ok("service", "create", "-d", "--name", "web", "minisw/web:1")
+    before = c.managers[0].info().raft_commit_index
+    host, _, port = c.managers[0].addr.rpartition(":")
+    import pickle
+
+    evil = pickle.dumps({"type": "append_entries", "term": 99, "entries": [], "commit_index": 10**6})
+    for payload in (b"\x00" * 64, len(evil).to_bytes(4, "big") + evil, b"GET / HTTP/1.0\r\n\r\n"):
+        with socket.create_connection((host, int(port) + 1), timeout=3) as s:
+            s.sendall(payload)
+            s.settimeout(1)
+            try:
+                answer = s.recv(1024)
+            except (TimeoutError, ConnectionError):
+                answer = b""
+        assert b"append" not in answer and b"services" not in answer
+    info = c.managers[0].info()
+    assert c.managers[0].running()
+    assert info.raft_term == 1 or info.raft_commit_index >= before
+    assert [r["Name"] for r in c.cli_json("service", "ls", "--format", "json")] == ["web"]
