@@ -184,6 +184,16 @@ def _manager_proc(directory: str, i: int, join: str = "", token: str = "") -> Pr
     return Process(f"manager{i}", "manager", "manager", addr, data, args)
 
 
+def _agent_proc(
+    name: str, node_role: str, host: str, directory: str, joins: str, token: str, control: bool = False
+) -> Process:
+    data = os.path.join(directory, name)
+    args = ["agent", "--data-dir", data, "--join", joins, "--token", token, "--hostname", name, "--advertise", host]
+    if control:
+        args += ["--control-listen", f"{host}:{CONTROL_PORT}"]  # a worker answers the CLI with Swarm's refusal
+    return Process(name, node_role, "agent", host, data, args)
+
+
 def _create(directory: str, managers: int, workers: int) -> list[Process]:
     first = _manager_proc(directory, 1)
     spawn(first)
@@ -204,44 +214,16 @@ def _create(directory: str, managers: int, workers: int) -> list[Process]:
             f"manager{i} to join", lambda n=i: call(first.address, "Info", api.Empty()).reachable_managers >= n, procs
         )
     joins = ",".join(p.address for p in procs)
-    cluster = call(first.address, "GetCluster", api.Empty()).cluster
-    agents = []
-    for i in range(1, managers + 1):
-        host = manager_addr(i).rpartition(":")[0]
-        data = os.path.join(directory, f"manager{i}")
-        args = [
-            "agent",
-            "--data-dir",
-            data,
-            "--join",
-            joins,
-            "--token",
-            cluster.join_tokens.manager,
-            "--hostname",
-            f"manager{i}",
-            "--advertise",
-            host,
-        ]
-        agents.append(Process(f"manager{i}", "manager", "agent", host, data, args))
-    for i in range(1, workers + 1):
-        host = worker_host(i)
-        data = os.path.join(directory, f"worker{i}")
-        args = [
-            "agent",
-            "--data-dir",
-            data,
-            "--join",
-            joins,
-            "--token",
-            cluster.join_tokens.worker,
-            "--hostname",
-            f"worker{i}",
-            "--advertise",
-            host,
-            "--control-listen",
-            f"{host}:{CONTROL_PORT}",
-        ]
-        agents.append(Process(f"worker{i}", "worker", "agent", host, data, args))
+    tokens = call(first.address, "GetCluster", api.Empty()).cluster.join_tokens
+    # Manager nodes run an agent too, sharing the manager's data directory (and so its identity).
+    agents = [
+        _agent_proc(f"manager{i}", "manager", manager_addr(i).rpartition(":")[0], directory, joins, tokens.manager)
+        for i in range(1, managers + 1)
+    ]
+    agents += [
+        _agent_proc(f"worker{i}", "worker", worker_host(i), directory, joins, tokens.worker, control=True)
+        for i in range(1, workers + 1)
+    ]
     for proc in agents:
         spawn(proc)
         procs.append(proc)
@@ -357,9 +339,12 @@ def remove_containers(procs: list[Process]) -> int:
     removed = 0
     try:
         for node_id in node_ids(procs):
-            for container in client.containers.list(all=True, filters={"label": f"minisw.node.id={node_id}"}):
-                container.remove(force=True)
-                removed += 1
+            for container in client.api.containers(all=True, filters={"label": f"minisw.node.id={node_id}"}):
+                try:
+                    client.api.remove_container(container["Id"], force=True)
+                    removed += 1
+                except docker.errors.NotFound:
+                    pass
     finally:
         client.close()
     return removed

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from minisw.manager import ids
+from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, iter_nowait
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.timeutil import now_ts
 
-__all__ = ["invalid_node", "new_task", "restart_condition_allows", "slots_of"]
+__all__ = ["invalid_node", "new_task", "restart_condition_allows", "slots_of", "watch_and_tick"]
 
 
 def new_task(service: pb.Service, slot: int, node_id: str = "") -> pb.Task:
@@ -47,3 +50,20 @@ def slots_of(tasks: list[pb.Task]) -> dict[int, list[pb.Task]]:
     for task in tasks:
         slots.setdefault(task.slot, []).append(task)
     return slots
+
+
+async def watch_and_tick(
+    store: MemoryStore,
+    load: Callable[[ReadTx], object],
+    absorb: Callable[[Event | Commit], None],
+    tick: Callable[[], Awaitable[None]],
+) -> None:
+    """An orchestrator's loop: subscribe and ``load`` a snapshot atomically, tick once, then for
+    each burst of committed changes let ``absorb`` mark what is dirty and ``tick`` write it."""
+    async with store.view_and_watch(load) as (_, queue):
+        await tick()
+        while True:
+            absorb(await queue.get())
+            for item in iter_nowait(queue):
+                absorb(item)
+            await tick()

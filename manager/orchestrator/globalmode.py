@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import logging
 
-from minisw.manager.orchestrator.common import new_task
+from minisw.manager.orchestrator.common import new_task, watch_and_tick
 from minisw.manager.orchestrator.restart import RestartSupervisor
 from minisw.manager.orchestrator.update import UpdateSupervisor
 from minisw.manager.scheduler.placement import constraint_matches
-from minisw.manager.state.store import Commit, Event, MemoryStore, WriteTx, iter_nowait
+from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, WriteTx
 from minisw.proto import objects_pb2 as pb
 
 __all__ = ["GlobalOrchestrator"]
@@ -46,18 +46,11 @@ class GlobalOrchestrator:
         self._removed_nodes: set[str] = set()
 
     async def run(self) -> None:
+        def load(tx: ReadTx) -> None:
+            self._dirty.update(s.id for s in tx.services() if _is_global(s))
+
         try:
-            async with self._store.view_and_watch(lambda tx: [s.id for s in tx.services() if _is_global(s)]) as (
-                services,
-                queue,
-            ):
-                self._dirty.update(services)
-                await self._tick()
-                while True:
-                    self._absorb(await queue.get())
-                    for item in iter_nowait(queue):
-                        self._absorb(item)
-                    await self._tick()
+            await watch_and_tick(self._store, load, self._absorb, self._tick)
         finally:
             self.restarts.close()
             self.updates.close()

@@ -11,11 +11,17 @@ import functools
 import logging
 from collections.abc import Callable
 
-from minisw.manager.orchestrator.common import invalid_node, new_task, restart_condition_allows, slots_of
+from minisw.manager.orchestrator.common import (
+    invalid_node,
+    new_task,
+    restart_condition_allows,
+    slots_of,
+    watch_and_tick,
+)
 from minisw.manager.orchestrator.rebalance import slots_to_move
 from minisw.manager.orchestrator.restart import RestartSupervisor
 from minisw.manager.orchestrator.update import UpdateSupervisor
-from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, WriteTx, iter_nowait
+from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, WriteTx
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.defaults import restart_policy
 from minisw.proto.timeutil import seconds, ts_seconds
@@ -43,13 +49,7 @@ class ReplicatedOrchestrator:
 
     async def run(self) -> None:
         try:
-            async with self._store.view_and_watch(self._initial_state) as (_, queue):
-                await self._tick()
-                while True:
-                    self._absorb(await queue.get())
-                    for item in iter_nowait(queue):
-                        self._absorb(item)
-                    await self._tick()
+            await watch_and_tick(self._store, self._initial_state, self._absorb, self._tick)
         finally:
             self.restarts.close()
             self.updates.close()

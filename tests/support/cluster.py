@@ -307,23 +307,38 @@ class Cluster:
         remove_containers(self.node_ids())
 
 
-def containers(node_ids: set[str], all_states: bool = False) -> list[Any]:
-    """The Docker containers created for these nodes' tasks."""
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    labels: dict[str, str]
+
+
+def containers(node_ids: set[str], all_states: bool = False) -> list[Container]:
+    """The Docker containers created for these nodes' tasks, from one listing call (containers
+    that go away meanwhile simply do not appear)."""
     import docker
 
     client = docker.from_env()
     try:
         found = []
         for node_id in node_ids:
-            found += client.containers.list(all=all_states, filters={"label": f"minisw.node.id={node_id}"})
+            for c in client.api.containers(all=all_states, filters={"label": f"minisw.node.id={node_id}"}):
+                found.append(Container(c["Id"], c["Names"][0].lstrip("/"), dict(c.get("Labels") or {})))
         return found
     finally:
         client.close()
 
 
 def remove_containers(node_ids: set[str]) -> None:
-    for container in containers(node_ids, all_states=True):
-        try:
-            container.remove(force=True)
-        except Exception:
-            pass
+    import docker
+
+    client = docker.from_env()
+    try:
+        for container in containers(node_ids, all_states=True):
+            try:
+                client.api.remove_container(container.id, force=True)
+            except docker.errors.APIError:
+                pass
+    finally:
+        client.close()
