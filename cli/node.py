@@ -121,6 +121,40 @@ def update(
     click.echo(node_ref)
 
 
+def _set_role(ctx: click.Context, nodes: tuple[str, ...], role: int, done: str) -> None:
+    client = _client(ctx)
+    errors = []
+    for ref in nodes:
+        try:
+            current = client.call("GetNode", api.GetNodeRequest(node_id=ref)).node
+            spec = pb.NodeSpec()
+            spec.CopyFrom(current.spec)
+            spec.desired_role = role  # type: ignore[assignment]
+            request = api.UpdateNodeRequest(node_id=current.id, node_version=current.meta.version, spec=spec)
+            client.call("UpdateNode", request)
+            click.echo(done.format(ref))
+        except DaemonError as err:
+            errors.append(err.format_message())
+    if errors:
+        raise PlainError("\n".join(errors))
+
+
+@node.command()
+@click.argument("nodes", nargs=-1, required=True)
+@click.pass_context
+def demote(ctx: click.Context, nodes: tuple[str, ...]) -> None:
+    """Demote one or more nodes from manager in the swarm."""
+    _set_role(ctx, nodes, pb.WORKER, "Manager {} demoted in the swarm.")
+
+
+@node.command()
+@click.argument("nodes", nargs=-1, required=True)
+@click.pass_context
+def promote(ctx: click.Context, nodes: tuple[str, ...]) -> None:
+    """Promote one or more nodes to manager in the swarm."""
+    _set_role(ctx, nodes, pb.MANAGER, "Node {} promoted to a manager in the swarm.")
+
+
 @node.command("rm")
 @click.argument("nodes", nargs=-1, required=True)
 @click.option("-f", "--force", is_flag=True, help="Force remove a node from the swarm")

@@ -266,6 +266,9 @@ class ManagerNode:
             except TimeoutError:
                 pass
             self._leadership_changed.clear()
+            if self._demoted():
+                log.warning("this node was demoted to a worker: its manager stops (its agent goes on)")
+                return
             self._remember_peers()
             leading = self.is_leader()
             running = self._term_task is not None and not self._term_task.done()
@@ -285,6 +288,10 @@ class ManagerNode:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._term_task
                 self._term_task = None
+
+    def _demoted(self) -> bool:
+        node = self.store.view(lambda tx: tx.get_node(self.node_id))
+        return node is not None and node.role == pb.WORKER
 
     def _remember_peers(self, extra: str = "") -> None:
         """Keep the Raft membership on disk, so a restart starts with every member it knew.
@@ -405,6 +412,12 @@ class ManagerNode:
 
     async def forward_ca(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._forwarder.forward(method, request, context, stub=capb_grpc.NodeCAStub)
+
+    async def remove_manager(self, raft_addr: str) -> None:
+        """A demoted manager leaves Raft."""
+        assert self._raft is not None
+        await self._raft.remove_member(raft_addr)
+        self._remember_peers()
 
     async def join_manager(self, request: api.JoinManagerRequest, node_id: str) -> api.JoinManagerResponse:
         """A manager whose certificate (node ``node_id``, manager role) was just issued joins Raft."""

@@ -57,6 +57,7 @@ class ManagerHandle(Protocol):
 
     def check_quorum(self) -> None: ...
     async def join_manager(self, request: api.JoinManagerRequest, node_id: str) -> api.JoinManagerResponse: ...
+    async def remove_manager(self, raft_addr: str) -> None: ...
     async def forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any: ...
 
 
@@ -344,16 +345,44 @@ class ControlServer(api_grpc.ControlServicer):
             node = self._resolve_node(tx, request.node_id)
             if request.node_version.index != node.meta.version.index:
                 raise SequenceConflict()
-            if request.spec.desired_role != node.spec.desired_role:
-                raise FailedPrecondition("node promotion and demotion are not supported yet")
+            demoting = node.role == pb.MANAGER and request.spec.desired_role == pb.WORKER
+            if request.spec.desired_role == pb.MANAGER and node.role == pb.WORKER:
+                raise FailedPrecondition(
+                    f"promoting node {node.id} is not supported yet: start a manager on it with "
+                    "`minisw manager --join ... --token <manager token>` instead"
+                )
+            if demoting:
+                self._check_demotion(tx, node)
+                # The role changes first, while the node is still a Raft member, so that it learns
+                # of it and its manager steps down; then it leaves Raft.
+                node.role = pb.WORKER
+                node.ClearField("manager_status")
             node.spec.CopyFrom(request.spec)
             tx.update(node)
             return node.id
 
+        raft_addr = self._store.view(lambda tx: self._resolve_node(tx, request.node_id)).manager_status.raft_addr
         node_id = await self._store.update(update)
+        if raft_addr and request.spec.desired_role == pb.WORKER:
+            await self._m.remove_manager(raft_addr)
         node = self._store.view(lambda tx: tx.get_node(node_id))
         assert node is not None
         return api.NodeResponse(node=self._with_manager_status(node))
+
+    def _check_demotion(self, tx: WriteTx, node: pb.Node) -> None:
+        """Swarm's rules: never the last manager, never a loss of quorum; and (for now) not the leader."""
+        managers = [n for n in tx.nodes() if n.role == pb.MANAGER]
+        if len(managers) <= 1:
+            raise FailedPrecondition("attempting to demote the last manager of the swarm")
+        members, reachable, _, _, leader = self._m.raft_info()
+        if node.manager_status.raft_addr == leader:
+            raise FailedPrecondition(
+                f"node {node.id} is the leader: demoting the leader is not supported yet; restart its manager "
+                "so that another one leads, then demote it"
+            )
+        remaining = members - 1
+        if reachable - 1 < remaining // 2 + 1:
+            raise FailedPrecondition("can't remove member from the raft: this would result in a loss of quorum")
 
     async def RemoveNode(self, request: api.RemoveNodeRequest, context: Any) -> api.Empty:
         return await self._route("RemoveNode", request, context, self._remove_node)

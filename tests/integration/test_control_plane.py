@@ -160,3 +160,22 @@ def test_bad_input_is_refused_and_changes_nothing(cluster_factory: type) -> None
     inspect = c.cli("service", "inspect", "nosuch")
     assert inspect.returncode == 1 and inspect.stdout.strip() == "[]"
     assert "no such service: nosuch" in inspect.stderr
+
+
+def test_demoting_managers_changes_raft_membership(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory().start_managers(3)
+    leader = c.leader()
+    first, second = c.followers()
+    refused = c.cli("node", "demote", leader.name)
+    assert refused.returncode == 1 and "is the leader" in refused.stderr
+    assert c.cli_ok("node", "demote", first.name).strip() == f"Manager {first.name} demoted in the swarm."
+    poll_until(lambda: not first.running(), 15, what="the demoted manager to stop")
+    poll_until(lambda: leader.info().managers == 2, 15, what="Raft membership to shrink")
+    rows = {r["Hostname"]: r for r in c.cli_json("node", "ls", "--format", "json", host=leader.addr)}
+    assert rows[first.name]["ManagerStatus"] == "" and rows[leader.name]["ManagerStatus"] == "Leader"
+    c.cli_ok("service", "create", "-d", "--name", "after", "minisw/web:1", host=second.addr)
+    c.cli_ok("node", "demote", second.name, host=leader.addr)
+    poll_until(lambda: leader.info().managers == 1, 15, what="one manager left")
+    last = c.cli("node", "demote", leader.name, host=leader.addr)
+    assert last.returncode == 1 and "attempting to demote the last manager of the swarm" in last.stderr
+    assert [r["Name"] for r in c.cli_json("service", "ls", "--format", "json", host=leader.addr)] == ["after"]
