@@ -28,6 +28,7 @@ import grpc
 from minisw.manager.state.raft import RaftNode
 from minisw.manager.state.store import MAX_CHANGES_PER_TRANSACTION, MemoryStore
 from minisw.proto import control_pb2 as api
+from minisw.proto import control_pb2_grpc as api_grpc
 from minisw.proto import objects_pb2 as pb
 from tests.support.cluster import Cluster, poll_until
 
@@ -124,9 +125,7 @@ def _failover(tmp: str) -> dict[str, float]:
         def write() -> bool:
             for m in survivors:
                 try:
-                    with grpc.insecure_channel(m.addr) as ch:
-                        from minisw.proto import control_pb2_grpc as api_grpc
-
+                    with m.stub_channel() as ch:
                         api_grpc.ControlStub(ch).CreateService(api.CreateServiceRequest(spec=spec), timeout=2)
                     return True
                 except grpc.RpcError:

@@ -125,6 +125,9 @@ class ManagerProc(_Proc):
     def stub(self) -> api_grpc.ControlStub:
         return api_grpc.ControlStub(operator_channel(self.addr, self.tls_dir))
 
+    def stub_channel(self) -> grpc.Channel:
+        return operator_channel(self.addr, self.tls_dir)
+
     def info(self, timeout: float = 2.0) -> api.InfoResponse:
         with operator_channel(self.addr, self.tls_dir) as channel:
             return api_grpc.ControlStub(channel).Info(api.Empty(), timeout=timeout)  # type: ignore[no-any-return]
