@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 import urllib.request
 
 import pytest
 
 from minisw.proto import objects_pb2 as pb
-from tests.support.cluster import Cluster, poll_until
+from tests.support.cluster import Cluster, poll_until, sampling
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -126,26 +125,18 @@ def test_drain_moves_tasks_and_rebalance_brings_them_back_without_downtime(clust
 
     failures: list[str] = []
     served = [0]
-    stop = threading.Event()
 
     def probe() -> None:
-        while not stop.is_set():
-            try:
-                urllib.request.urlopen(f"http://{w1.host}:8080/", timeout=2).read()
-                served[0] += 1
-            except OSError as err:
-                failures.append(str(err))
-            time.sleep(0.05)
+        try:
+            urllib.request.urlopen(f"http://{w1.host}:8080/", timeout=2).read()
+            served[0] += 1
+        except OSError as err:
+            failures.append(str(err))
 
-    prober = threading.Thread(target=probe)
-    prober.start()
-    try:
+    with sampling(probe, 0.05):
         # ...until asked: minisw moves the surplus, slot by slot, under the update config.
         c.cli_ok("service", "update", "--rebalance", "web")
         assert running_on(c, "web") == ["w1", "w1", "w2", "w2"]
-    finally:
-        stop.set()
-        prober.join()
     assert served[0] > 10 and failures == []
     assert len(c.tasks("web")) <= 4 + 4 + 2  # moved slots keep their history; nothing else was replaced
 
@@ -201,25 +192,14 @@ def test_rolling_update_parallelism_history_and_manual_rollback_twice(cluster_fa
         "minisw/web:1",
     )
     timeline: list[tuple[float, frozenset[int]]] = []
-    stop = threading.Event()
 
     def watch() -> None:
-        while not stop.is_set():
-            try:
-                done = frozenset(s for s, img in _image_by_slot(c).items() if img == "minisw/web:2")
-                if not timeline or timeline[-1][1] != done:
-                    timeline.append((time.monotonic(), done))
-            except Exception:
-                pass
-            time.sleep(0.05)
+        done = frozenset(s for s, img in _image_by_slot(c).items() if img == "minisw/web:2")
+        if not timeline or timeline[-1][1] != done:
+            timeline.append((time.monotonic(), done))
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with sampling(watch, 0.05):
         out = c.cli_ok("service", "update", "--image", "minisw/web:2", "web")
-    finally:
-        stop.set()
-        watcher.join()
     assert "verify: Service web converged" in out
     assert _image_by_slot(c) == {s: "minisw/web:2" for s in range(1, 7)}
     # Slot by slot, two at a time: the updated set never grows by more than two at once.
@@ -260,24 +240,13 @@ def test_start_first_update_keeps_old_task_until_new_runs(cluster_factory: type)
         "minisw/web:1",
     )
     most = [0]
-    stop = threading.Event()
 
     def watch() -> None:
-        while not stop.is_set():
-            try:
-                running = [t for t in c.tasks("web") if t.status.state == pb.RUNNING]
-                most[0] = max(most[0], len(running))
-            except Exception:
-                pass
-            time.sleep(0.02)
+        running = [t for t in c.tasks("web") if t.status.state == pb.RUNNING]
+        most[0] = max(most[0], len(running))
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with sampling(watch, 0.02):
         c.cli_ok("service", "update", "--image", "minisw/web:2", "web")
-    finally:
-        stop.set()
-        watcher.join()
     assert most[0] == 3  # old and new side by side in one slot, never fewer than 2 running
     assert set(_image_by_slot(c).values()) == {"minisw/web:2"}
 

@@ -6,14 +6,16 @@ in the test's temporary directory, which is printed when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,35 @@ def poll_until(check: Callable[[], Any], timeout: float = 30.0, interval: float 
             last = err
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last error {last!r}")
+
+
+@contextlib.contextmanager
+def sampling(sample: Callable[[], None], interval: float) -> Iterator[None]:
+    """Call ``sample`` every ``interval`` seconds on a thread while the block runs. A sample that
+    fails on a transient RPC error is skipped; any other error fails the test afterwards."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                sample()
+            except grpc.RpcError:
+                pass
+            except BaseException as err:  # surfaced below, in the test's thread
+                errors.append(err)
+                return
+            time.sleep(interval)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def minisw_command(*args: str) -> list[str]:
