@@ -17,6 +17,7 @@ import grpc
 
 from minisw.agent.exec.docker_adapter import DockerExecutor
 from minisw.agent.ingress import IngressProxy
+from minisw.agent.promotion import Promotion
 from minisw.agent.refusal import refusal_handler
 from minisw.agent.reporter import StatusReporter
 from minisw.agent.session import NotLeader, Refused, Registered, Session
@@ -90,6 +91,18 @@ class Agent:
         self._ingress = IngressProxy(self._advertise)
         self._was_registered = False
         self.tls = TLSFiles(Path(config.data_dir, "tls"))
+        self._server: grpc.aio.Server | None = None
+        listen = config.control_listen or f"{self._advertise}:4242"
+        self._promotion = Promotion(config.data_dir, self.tls, config.hostname, listen, self._stop_refusal)
+
+    def _manager_addrs(self) -> list[str]:
+        return list(dict.fromkeys([*self._state.managers, *self.config.join]))
+
+    async def _stop_refusal(self) -> None:
+        """A promoted node's manager takes over the control port this agent answered on."""
+        if self._server is not None:
+            await self._server.stop(0.5)
+            self._server = None
 
     async def _registered(self, reg: Registered) -> None:
         if reg.node_id != self._state.node_id or reg.managers != self._state.managers:
@@ -98,6 +111,7 @@ class Agent:
             self._state.save(self.config.data_dir)
         self._executor.node_id = reg.node_id
         self._was_registered = True
+        self._promotion.desired(reg.desired_role, self._manager_addrs)
 
     async def _ensure_certificate(self) -> None:
         """Join with the token the first time; afterwards the certificate is this node's identity."""
@@ -119,26 +133,25 @@ class Agent:
         await self._ensure_certificate()
         renewals = None
         if not insecure():
-            managers = lambda: list(dict.fromkeys([*self._state.managers, *self.config.join]))  # noqa: E731
-            renewals = asyncio.create_task(renew_forever(managers, self.tls, lambda: None))
-        server = None
+            renewals = asyncio.create_task(renew_forever(self._manager_addrs, self.tls, lambda: None))
         if self.config.control_listen:
-            server = grpc.aio.server()
-            server.add_generic_rpc_handlers((refusal_handler(),))
+            self._server = grpc.aio.server()
+            self._server.add_generic_rpc_handlers((refusal_handler(),))
             if insecure():
-                server.add_insecure_port(self.config.control_listen)
+                self._server.add_insecure_port(self.config.control_listen)
             else:
-                server.add_secure_port(self.config.control_listen, server_credentials(self.tls.read))
-            await server.start()
+                self._server.add_secure_port(self.config.control_listen, server_credentials(self.tls.read))
+            await self._server.start()
         try:
+            await self._promotion.resume(self._manager_addrs())
             await self._session_loop()
         finally:
             if renewals is not None:
                 renewals.cancel()
+            await self._promotion.close()
             await self._worker.close()
             await self._ingress.close()
-            if server is not None:
-                await server.stop(0.5)
+            await self._stop_refusal()
             self._executor.close()
 
     async def _session_loop(self) -> None:

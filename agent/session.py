@@ -47,6 +47,7 @@ class Refused(Exception):
 class Registered:
     node_id: str
     managers: list[str]
+    desired_role: int = 0
 
 
 class Session:
@@ -81,7 +82,7 @@ class Session:
                 raise SessionEnded("the manager closed the session at once")
             node_id, session_id = first.node_id, first.session_id
             period = seconds(first.heartbeat_period) or 1.0
-            await self._on_registered(Registered(node_id, [m.addr for m in first.managers]))
+            await self._on_registered(Registered(node_id, [m.addr for m in first.managers], first.desired_role))
             log.info("session %s open with %s as node %s", session_id[:8], self.addr, node_id)
             self._reporter.resend_all()
             async with asyncio.TaskGroup() as group:
@@ -95,6 +96,8 @@ class Session:
             message = await call.read()
             if message is grpc.aio.EOF:
                 raise SessionEnded("the manager ended the session")
+            managers = [m.addr for m in message.managers]
+            await self._on_registered(Registered(message.node_id, managers, message.desired_role))
 
     async def _heartbeats(self, stub: dpb_grpc.DispatcherStub, node_id: str, session_id: str, period: float) -> None:
         while True:

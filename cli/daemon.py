@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -72,7 +73,7 @@ def manager_command(
     """Run a manager in the foreground."""
     if init and join:
         raise click.UsageError("--init and --join exclude each other: start a new cluster or join one")
-    if join and not token:
+    if join and not token and not os.path.exists(os.path.join(data_dir, "tls", "cert.pem")):
         raise click.UsageError("--join needs --token (see `minisw join-token manager`)")
     expiry = parse_duration(cert_expiry, "--cert-expiry") / 1e9
     if expiry < 60:

@@ -115,6 +115,8 @@ class NodeCAServer(capb_grpc.NodeCAServicer):
         node = self._host.store.view(lambda tx: tx.get_node(peer.node_id))
         role = peer.role
         if node is not None:
-            role = MANAGER_OU if node.role == pb.MANAGER else WORKER_OU
+            # A node being promoted gets its manager certificate before it joins Raft.
+            manager = node.role == pb.MANAGER or node.spec.desired_role == pb.MANAGER
+            role = MANAGER_OU if manager else WORKER_OU
         certificate = _root(cluster).sign(request.csr, peer.node_id, role, cluster.id, _expiry(cluster))
         return capb.NodeCertificateResponse(node_id=peer.node_id, certificate=certificate, root_ca=cluster.root_ca_cert)

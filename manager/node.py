@@ -172,7 +172,10 @@ class ManagerNode:
         TLSFiles(Path(self.config.data_dir, OPERATOR_TLS_DIR)).write(root.cert_pem, op_cert, op_key)
 
     async def _join(self) -> ManagerState:
-        node_id = await obtain_certificate([self.config.join], self.config.token, self.config.hostname, self.tls)
+        if self.tls.exists() and cert_info(self.tls.cert.read_bytes()).role == MANAGER_OU:
+            node_id = cert_info(self.tls.cert.read_bytes()).node_id  # a promoted node: its agent's certificate
+        else:
+            node_id = await obtain_certificate([self.config.join], self.config.token, self.config.hostname, self.tls)
         request = api.JoinManagerRequest(
             raft_addr=self.config.raft_addr(),
             control_addr=self.config.listen,

@@ -25,7 +25,7 @@ from minisw.proto.pki import (
     secure_channel,
 )
 
-__all__ = ["JoinRefused", "obtain_certificate", "renew_forever", "renewal_delay"]
+__all__ = ["JoinRefused", "obtain_certificate", "renew_forever", "renew_now", "renewal_delay"]
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +82,28 @@ def renewal_delay(cert_pem: bytes, now: dt.datetime | None = None) -> float:
     return max(0.0, (at - now).total_seconds())
 
 
+async def renew_now(managers: Callable[[], Sequence[str]], files: TLSFiles) -> None:
+    """Get a fresh certificate (and key) for this node, trying the managers in turn until one answers."""
+    for attempt in range(1000):
+        addrs = list(managers())
+        addr = addrs[attempt % len(addrs)]
+        key, csr = new_key_and_csr()
+        try:
+            async with secure_channel(addr, files) as channel:
+                reply = await capb_grpc.NodeCAStub(channel).RenewNodeCertificate(
+                    capb.RenewNodeCertificateRequest(csr=csr), timeout=10
+                )
+            files.write(reply.root_ca, reply.certificate, key)
+            log.info("renewed this node's certificate (valid until %s)", cert_info(reply.certificate).not_after)
+            return
+        except (grpc.aio.AioRpcError, OSError) as err:
+            log.warning("certificate renewal through %s failed (%s); retrying", addr, err)
+            await asyncio.sleep(min(1.0 * (attempt + 1), 10.0))
+
+
 async def renew_forever(managers: Callable[[], Sequence[str]], files: TLSFiles, on_renewed: Callable[[], None]) -> None:
     """Keep the node's certificate fresh. The key is new every time; it never leaves the node."""
     while True:
         await asyncio.sleep(renewal_delay(files.cert.read_bytes()))
-        for attempt in range(1000):
-            addrs = list(managers())
-            addr = addrs[attempt % len(addrs)]
-            key, csr = new_key_and_csr()
-            try:
-                async with secure_channel(addr, files) as channel:
-                    reply = await capb_grpc.NodeCAStub(channel).RenewNodeCertificate(
-                        capb.RenewNodeCertificateRequest(csr=csr), timeout=10
-                    )
-                files.write(reply.root_ca, reply.certificate, key)
-                log.info("renewed this node's certificate (valid until %s)", cert_info(reply.certificate).not_after)
-                on_renewed()
-                break
-            except (grpc.aio.AioRpcError, OSError) as err:
-                log.warning("certificate renewal through %s failed (%s); retrying", addr, err)
-                await asyncio.sleep(min(1.0 * (attempt + 1), 10.0))
+        await renew_now(managers, files)
+        on_renewed()

@@ -107,8 +107,11 @@ class SessionMessage(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     MANAGERS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_PERIOD_FIELD_NUMBER: _builtins.int
+    DESIRED_ROLE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     node_id: _builtins.str
+    desired_role: _objects_pb2.NodeRole.ValueType
+    """a worker told MANAGER starts a manager (promotion)"""
     @_builtins.property
     def managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeightedPeer]: ...
     @_builtins.property
@@ -120,10 +123,11 @@ class SessionMessage(_message.Message):
         node_id: _builtins.str = ...,
         managers: _abc.Iterable[Global___WeightedPeer] | None = ...,
         heartbeat_period: _duration_pb2.Duration | None = ...,
+        desired_role: _objects_pb2.NodeRole.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_period", b"heartbeat_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_period", b"heartbeat_period", "managers", b"managers", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_role", b"desired_role", "heartbeat_period", b"heartbeat_period", "managers", b"managers", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

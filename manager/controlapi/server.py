@@ -347,10 +347,10 @@ class ControlServer(api_grpc.ControlServicer):
                 raise SequenceConflict()
             demoting = node.role == pb.MANAGER and request.spec.desired_role == pb.WORKER
             if request.spec.desired_role == pb.MANAGER and node.role == pb.WORKER:
-                raise FailedPrecondition(
-                    f"promoting node {node.id} is not supported yet: start a manager on it with "
-                    "`minisw manager --join ... --token <manager token>` instead"
-                )
+                if node.status.state != pb.NodeStatus.READY:
+                    raise FailedPrecondition(f"node {node.id} is not ready: only a running node can be promoted")
+                # Its agent learns the new role, gets a manager certificate and starts a manager,
+                # which joins Raft; the role becomes MANAGER then (node.role follows the Raft membership).
             if demoting:
                 self._check_demotion(tx, node)
                 # The role changes first, while the node is still a Raft member, so that it learns

@@ -37,6 +37,7 @@ START_GRACE_MULTIPLIER = 6  # after a leader change, time for agents to come bac
 STATUS_FLUSH = 0.05
 MAX_STATUS_BATCH = 10_000
 ASSIGNMENT_DEBOUNCE = 0.02
+SESSION_REFRESH = 1.0
 
 
 class ManagerView(Protocol):
@@ -171,11 +172,13 @@ class Dispatcher:
 
     def session_message(self, session: _Session) -> dpb.SessionMessage:
         managers = [dpb.WeightedPeer(node_id=nid, addr=addr) for nid, addr in self._manager.manager_addrs()]
+        node = self._store.view(lambda tx: tx.get_node(session.node_id))
         return dpb.SessionMessage(
             session_id=session.session_id,
             node_id=session.node_id,
             managers=managers,
             heartbeat_period=duration(self.period),
+            desired_role=node.spec.desired_role if node is not None else pb.WORKER,
         )
 
     def check(self, node_id: str, session_id: str) -> _Session:
@@ -411,9 +414,18 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
         except _Refused as err:
             await context.abort(err.code, str(err))
             return
-        yield dispatcher.session_message(session)
+        last = dispatcher.session_message(session)
+        yield last
         try:
-            await session.closed.wait()
+            # The session stream tells the agent when what it must know changes (its role, the managers).
+            while not session.closed.is_set():
+                try:
+                    await asyncio.wait_for(session.closed.wait(), SESSION_REFRESH)
+                except TimeoutError:
+                    current = dispatcher.session_message(session)
+                    if current != last:
+                        last = current
+                        yield current
         finally:
             dispatcher.session_lost(session)
 

@@ -179,3 +179,19 @@ def test_demoting_managers_changes_raft_membership(cluster_factory: type) -> Non
     last = c.cli("node", "demote", leader.name, host=leader.addr)
     assert last.returncode == 1 and "attempting to demote the last manager of the swarm" in last.stderr
     assert [r["Name"] for r in c.cli_json("service", "ls", "--format", "json", host=leader.addr)] == ["after"]
+
+
+@pytest.mark.docker
+def test_promoting_a_worker_starts_a_manager_on_it(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory().start_managers(1)
+    worker = c.add_agent("w1", extra=["--control-listen", f"{c.subnet}.101:4242"])
+    refused = c.cli("service", "ls", host=f"{worker.host}:4242")
+    assert "This node is not a swarm manager" in refused.stderr
+    assert c.cli_ok("node", "promote", "w1").strip() == "Node w1 promoted to a manager in the swarm."
+    poll_until(lambda: c.managers[0].info().managers == 2, 30, what="the promoted node to join Raft")
+    rows = {r["Hostname"]: r for r in c.cli_json("node", "ls", "--format", "json")}
+    assert rows["w1"]["ManagerStatus"] == "Reachable"
+    # The node now answers the control API as a manager (its agent handed the port over).
+    poll_until(lambda: c.cli("service", "ls", host=f"{worker.host}:4242").returncode == 0, 15)
+    c.cli_ok("service", "create", "-d", "--name", "on-new-manager", "minisw/web:1", host=f"{worker.host}:4242")
+    assert [r["Name"] for r in c.cli_json("service", "ls", "--format", "json")] == ["on-new-manager"]

@@ -338,7 +338,24 @@ class Cluster:
     def teardown(self) -> None:
         for proc in [*self.agents, *self.managers]:
             proc.kill()
+        kill_strays(str(self.root))  # e.g. the manager a promoted node's agent started
         remove_containers(self.node_ids())
+
+
+def kill_strays(marker: str) -> None:
+    """SIGKILL every process whose command line mentions ``marker`` (this test's folder)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and b"minisw.cli" in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @dataclass(frozen=True)
