@@ -110,11 +110,7 @@ def wait_for_service(client: Client, service_id: str, ref: str, out: TextIO | No
             raise ConvergenceFailed(f"service update paused: {status.message}")
         if status.state == _US.ROLLBACK_PAUSED:
             raise ConvergenceFailed(f"service rollback paused: {status.message}")
-        if (
-            status.state == _US.ROLLBACK_STARTED
-            and not rollback_announced
-            and status.message != "manually requested rollback"
-        ):
+        if status.state == _US.ROLLBACK_STARTED and not rollback_announced and status.message:
             screen.message(f"rollback: {status.message}")
             rollback_announced = True
         rolling_back = status.state in (_US.ROLLBACK_STARTED, _US.ROLLBACK_COMPLETED)

@@ -216,7 +216,8 @@ def test_rolling_update_parallelism_history_and_manual_rollback_twice(cluster_fa
     service = json.loads(c.cli_ok("service", "inspect", "web"))[0]
     assert service["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"] == "minisw/web:1"
 
-    c.cli_ok("service", "rollback", "web")
+    out = c.cli_ok("service", "rollback", "web")
+    assert "rollback: manually requested rollback" in out
     assert set(_image_by_slot(c).values()) == {"minisw/web:1"}
     poll_until(lambda: update_state(c) == "rollback_completed", 15, what="rollback completed")
     c.cli_ok("service", "rollback", "web")  # a second manual rollback returns to the newer spec
