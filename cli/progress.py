@@ -22,6 +22,7 @@ from minisw.proto.timeutil import seconds
 __all__ = ["ConvergenceFailed", "wait_for_service"]
 
 POLL = 0.2
+ROLLBACK_GRACE = 10.0
 MAX_SLOT_LINES = 20
 _ORDINAL: dict[int, int] = {
     pb.NEW: 1,
@@ -133,12 +134,16 @@ def wait_for_service(client: Client, service_id: str, ref: str, out: TextIO | No
             if stable_since is None:
                 stable_since = now
             left = monitor - (now - stable_since)
-            if left <= 0:
+            # A rollback is over when the manager says so (it monitors the last slot first); wait
+            # for that, a little, so that the outcome printed is the manager's.
+            awaiting_rollback = status.state == _US.ROLLBACK_STARTED and now - stable_since < monitor + ROLLBACK_GRACE
+            if left <= 0 and not awaiting_rollback:
                 screen.message(f"verify: Service {ref} converged")
                 if status.state == _US.ROLLBACK_COMPLETED:
                     screen.message("rollback: rollback completed")
                 return
-            screen.draw([("verify: ", f"Waiting {int(left) + 1} seconds to verify that tasks are stable...")])
+            if left > 0:
+                screen.draw([("verify: ", f"Waiting {int(left) + 1} seconds to verify that tasks are stable...")])
         else:
             if stable_since is not None:
                 screen.message("verify: Detected task failure")

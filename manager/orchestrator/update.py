@@ -261,6 +261,11 @@ class Updater:
         elif not start_first:
             self._restarts.delay_start(new_id, 0.0)
         await self._wait_started(new_id)
+        fresh = self._store.view(functools.partial(_get_task, task_id=new_id))
+        if fresh is not None and fresh.status.state > pb.RUNNING:
+            # Count the failure now rather than at the watcher's next look, so that the worker
+            # sees a paused update before it takes the next slot.
+            await self._failure(new_id, None)
         if start_first and old_ids and not self._stopped:
             task = self._store.view(lambda tx: tx.get_task(new_id))
             if task is not None and task.status.state == pb.RUNNING:
