@@ -102,7 +102,10 @@ class Client:
         try:
             with translate_errors(self.host):
                 return getattr(self.stub, method)(request, timeout=timeout)
+        except DaemonError:
+            raise  # the peer answered: it is what we thought it was
         except click.ClickException:
+            # No answer at all, as when a worker's certificate fails a manager's name check.
             if self._tls is None or isinstance(self.stub, _WorkerStub) or not self._maybe_worker():
                 raise
         # A certificate of this cluster's CA names the peer a worker: what it answers is Swarm's refusal.

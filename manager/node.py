@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -52,6 +53,7 @@ STATE_FILE = "manager.json"
 ROOT_KEY_FILE = "root-ca-key.pem"  # until the cluster object (in Raft) holds it
 OPERATOR_TLS_DIR = "operator-tls"
 MAX_STREAMS_PER_PEER = 100
+DEMOTION_WAIT = 5.0
 NODE_ID_FILE = "node_id"
 DEFAULT_HEARTBEAT_PERIOD = 1.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -417,8 +419,18 @@ class ManagerNode:
         return await self._forwarder.forward(method, request, context, stub=capb_grpc.NodeCAStub)
 
     async def remove_manager(self, raft_addr: str) -> None:
-        """A demoted manager leaves Raft."""
+        """A demoted manager leaves Raft, once it holds the entry that tells it so.
+
+        Removed first, it would never learn that it was demoted (nobody sends it entries any more)
+        and its manager would not stop. So we wait (a few seconds at most) until its log matches
+        the demotion, plus a few heartbeats for it to learn that the entry committed.
+        """
         assert self._raft is not None
+        index = self.store.last_index
+        deadline = time.monotonic() + DEMOTION_WAIT
+        while self._raft.match_index(raft_addr) < index and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
         await self._raft.remove_member(raft_addr)
         self._remember_peers()
 

@@ -205,6 +205,12 @@ class RaftNode:
         assert self._syncobj is not None
         await self._membership(self._syncobj.addNodeToCluster, addr)
 
+    def match_index(self, addr: str) -> int:
+        """How far ``addr``'s log is known to match ours (the leader's view)."""
+        if self._syncobj is None:
+            return 0
+        return int(self._syncobj.getStatus().get(f"match_idx_server_{addr}", 0))
+
     async def remove_member(self, addr: str) -> None:
         assert self._syncobj is not None
         await self._membership(self._syncobj.removeNodeFromCluster, addr)
