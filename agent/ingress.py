@@ -75,9 +75,6 @@ class IngressProxy:
                 continue
             self._listeners[port] = listener
 
-    def routes(self) -> dict[int, list[str]]:
-        return {port: list(lst.backends) for port, lst in self._listeners.items()}
-
     async def _serve(self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import secrets
 
-__all__ = ["generate_join_token", "new_id", "parse_join_token", "to_base36"]
+from minisw.proto.pki import to_base36
 
-_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def to_base36(value: int, width: int) -> str:
-    digits = []
-    while value:
-        value, rem = divmod(value, 36)
-        digits.append(_ALPHABET[rem])
-    return "".join(reversed(digits)).rjust(width, "0")
+__all__ = ["generate_join_token", "new_id"]
 
 
 def new_id() -> str:
@@ -26,16 +18,5 @@ def new_id() -> str:
 
 def generate_join_token(ca_digest: str) -> str:
     """``SWMTKN-1-<the root CA's digest: 50 base-36 chars>-<25-char base-36 secret>``."""
-    digest = ca_digest
     secret = to_base36(int.from_bytes(secrets.token_bytes(16), "big"), 25)
-    return f"SWMTKN-1-{digest}-{secret}"
-
-
-def parse_join_token(token: str) -> tuple[str, str] | None:
-    """Return (digest, secret) of a well-formed token, else None."""
-    parts = token.split("-")
-    if len(parts) != 4 or parts[0] != "SWMTKN" or parts[1] != "1":
-        return None
-    if len(parts[2]) != 50 or len(parts[3]) != 25:
-        return None
-    return parts[2], parts[3]
+    return f"SWMTKN-1-{ca_digest}-{secret}"

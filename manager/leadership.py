@@ -12,8 +12,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from minisw.manager.state.store import MemoryStore
-
 __all__ = ["Component", "LeaderTerm"]
 
 log = logging.getLogger(__name__)
@@ -24,13 +22,7 @@ Component = Callable[[], Awaitable[None]]
 class LeaderTerm:
     """Runs ``bootstrap`` once, then every component until cancelled."""
 
-    def __init__(
-        self,
-        store: MemoryStore,
-        bootstrap: Callable[[], Awaitable[None]],
-        components: list[tuple[str, Component]],
-    ) -> None:
-        self._store = store
+    def __init__(self, bootstrap: Callable[[], Awaitable[None]], components: list[tuple[str, Component]]) -> None:
         self._bootstrap = bootstrap
         self._components = components
 

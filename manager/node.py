@@ -112,7 +112,7 @@ class ManagerState:
 class ManagerNode:
     """One manager process."""
 
-    def __init__(self, config: ManagerConfig, components: list[tuple[str, Component]] | None = None) -> None:
+    def __init__(self, config: ManagerConfig) -> None:
         self.config = config
         self.store = MemoryStore()
         self.node_id = ""
@@ -121,7 +121,6 @@ class ManagerNode:
         self._server: grpc.aio.Server | None = None
         self._term_task: asyncio.Task[None] | None = None
         self._leadership_changed = asyncio.Event()
-        self._extra_components = components or []
         self._component_factories: list[Any] = []
         self._background: set[asyncio.Task[None]] = set()
         self.tls = TLSFiles(Path(config.data_dir, "tls"))
@@ -284,7 +283,7 @@ class ManagerNode:
                 self._term_task = None
             if leading and not running:
                 log.info("became leader")
-                term = LeaderTerm(self.store, self._bootstrap, self._components())
+                term = LeaderTerm(self._bootstrap, self._components())
                 self._term_task = asyncio.create_task(term.run(), name="leader-term")
             elif not leading and running:
                 log.info("lost leadership; stopping leader components")
@@ -314,7 +313,7 @@ class ManagerNode:
             self._state.save(self.config.data_dir)
 
     def _components(self) -> list[tuple[str, Component]]:
-        made: list[tuple[str, Component]] = list(self._extra_components)
+        made: list[tuple[str, Component]] = []
         for factory in self._component_factories:
             made.extend(factory(self))
         return made

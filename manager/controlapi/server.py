@@ -33,7 +33,7 @@ from minisw.proto import control_pb2_grpc as api_grpc
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.defaults import interpolate_service_spec
 from minisw.proto.model import is_task_dirty
-from minisw.proto.pki import MANAGER_OU
+from minisw.proto.pki import MANAGER_OU, parse_token
 
 __all__ = ["ControlServer", "ManagerHandle", "grpc_code_for"]
 
@@ -427,7 +427,7 @@ class ControlServer(api_grpc.ControlServicer):
             cluster = tx.get_cluster()
             if cluster is None:
                 raise FailedPrecondition("the cluster is still being initialised; try again in a moment")
-            digest = cluster.join_tokens.worker.split("-")[2]
+            digest, _ = parse_token(cluster.join_tokens.worker)
             if request.worker:
                 cluster.join_tokens.worker = ids.generate_join_token(digest)
             if request.manager:

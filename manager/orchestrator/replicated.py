@@ -96,9 +96,6 @@ class ReplicatedOrchestrator:
                     self._dirty_services.add(obj.service_id)
             elif obj.desired_state <= pb.RUNNING and obj.status.state > pb.RUNNING:
                 self._restart_tasks.add(obj.id)
-            elif item.action == "update" and obj.desired_state <= pb.RUNNING:
-                # An updater waits on task progress; let it look again.
-                self.updates.poke(obj.service_id)
         elif isinstance(obj, pb.Node):
             node = None if item.action == "delete" else obj
             if invalid_node(node):

@@ -61,9 +61,6 @@ class UpdateSupervisor:
         if entry is not None:
             entry[1].cancel()
 
-    def poke(self, service_id: str) -> None:
-        """Task progress happened; updaters poll the store, so nothing to do here."""
-
     def rebalance(self, service: pb.Service, slots: Mapping[Any, list[pb.Task]], moves: list[int]) -> None:
         """Replace the tasks of ``moves`` (their nodes hold more than their share), slot by slot."""
         running = self._updaters.get(service.id)

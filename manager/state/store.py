@@ -447,16 +447,6 @@ def _put_all(queue: asyncio.Queue[WatchItem], events: list[WatchItem]) -> None:
         queue.put_nowait(event)
 
 
-async def drain_until_commit(queue: asyncio.Queue[WatchItem]) -> list[Event]:
-    """Wait for the next transaction's events (up to and including its Commit)."""
-    events: list[Event] = []
-    while True:
-        item = await queue.get()
-        if isinstance(item, Commit):
-            return events
-        events.append(item)
-
-
 def iter_nowait(queue: asyncio.Queue[WatchItem]) -> Iterator[WatchItem]:
     """Everything already queued, without waiting."""
     while True:
