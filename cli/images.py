@@ -8,6 +8,7 @@ serves ``<image version> <container hostname>`` over HTTP on port 80 and exits a
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tarfile
 import time
@@ -37,17 +38,16 @@ CMD ["/init"]
 
 
 def _busybox() -> bytes:
-    for path in BUSYBOX_PATHS:
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError:
-            continue
-    found = shutil.which("busybox")
+    found = next((p for p in BUSYBOX_PATHS if os.path.exists(p)), None) or shutil.which("busybox")
     if found is None:
         raise RuntimeError("busybox is not installed: run `apt-get install busybox-static`")
     with open(found, "rb") as f:
-        return f.read()
+        data = f.read()
+    # An image FROM scratch has no dynamic loader: Debian's `busybox` package (which other
+    # packages pull in, replacing `busybox-static`) would give containers that cannot start.
+    if b"ld-linux" in data[:4096]:
+        raise RuntimeError(f"{found} is dynamically linked: run `apt-get install busybox-static`")
+    return data
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o755) -> None:

@@ -2,6 +2,8 @@
 # Provision one VM: ROLE (manager|worker), NAME, its IP, the first manager's IP.
 # manager1 starts the cluster and writes the join tokens and an operator certificate to
 # /minisw/vagrant/.cluster/ (the synced folder); the others join with them.
+# The processes run under systemd from minisw-manager.service / minisw-agent.service, which call
+# minisw-node.sh: the same script `minisw dev up --hosts` runs inside each separate host.
 set -euo pipefail
 role=$1 name=$2 ip=$3 first=$4
 shared=/minisw/vagrant/.cluster
@@ -17,40 +19,39 @@ from minisw.cli.images import build_images
 build_images(docker.from_env())
 PY
 
-unit() {  # name, command line
-    cat > "/etc/systemd/system/$1.service" <<UNIT
-[Unit]
-Description=$1
-After=docker.service network-online.target
-[Service]
-ExecStart=$2
-Restart=on-failure
-[Install]
-WantedBy=multi-user.target
-UNIT
+start() {  # role (manager|agent), then the settings for minisw-node.sh as NAME=value words
+    local unit=$1
+    shift
+    mkdir -p /etc/minisw
+    printf '%s\n' "$@" > "/etc/minisw/$unit.env"
+    install -m 0644 "/minisw/vagrant/minisw-$unit.service" "/etc/systemd/system/minisw-$unit.service"
     systemctl daemon-reload
-    systemctl enable --now "$1"
+    systemctl enable --now "minisw-$unit"
 }
 
 wait_for() { for _ in $(seq 120); do [ -e "$1" ] && return 0; sleep 1; done; echo "timed out waiting for $1" >&2; exit 1; }
 
+common=(MINISW_NAME="$name" MINISW_ADDR="$ip")
 if [ "$role" = manager ] && [ "$name" = manager1 ]; then
-    unit minisw-manager "/usr/local/bin/minisw manager --data-dir /var/lib/minisw --listen $ip:4242 --hostname $name --init"
+    start manager "${common[@]}" MINISW_DATA_DIR=/var/lib/minisw MINISW_INIT=1
     wait_for /var/lib/minisw/operator-tls/key.pem
     mkdir -p "$shared"
     cp -r /var/lib/minisw/operator-tls "$shared/"
     export MINISW_TLS_DIR=$shared/operator-tls MINISW_HOST=$ip:4242
     for _ in $(seq 60); do minisw join-token worker -q > "$shared/worker.token" 2>/dev/null && break; sleep 1; done
     minisw join-token manager -q > "$shared/manager.token"
-    unit minisw-agent "/usr/local/bin/minisw agent --data-dir /var/lib/minisw --join $ip:4242 --token $(cat "$shared/manager.token") --hostname $name --advertise $ip"
+    start agent "${common[@]}" MINISW_DATA_DIR=/var/lib/minisw MINISW_JOIN="$ip:4242" \
+        MINISW_TOKEN="$(cat "$shared/manager.token")"
 elif [ "$role" = manager ]; then
     wait_for "$shared/manager.token"
-    unit minisw-manager "/usr/local/bin/minisw manager --data-dir /var/lib/minisw --listen $ip:4242 --hostname $name --join $first:4242 --token $(cat "$shared/manager.token")"
+    token=$(cat "$shared/manager.token")
+    start manager "${common[@]}" MINISW_DATA_DIR=/var/lib/minisw MINISW_JOIN="$first:4242" MINISW_TOKEN="$token"
     wait_for /var/lib/minisw/tls/key.pem
-    unit minisw-agent "/usr/local/bin/minisw agent --data-dir /var/lib/minisw --join $first:4242 --token $(cat "$shared/manager.token") --hostname $name --advertise $ip"
+    start agent "${common[@]}" MINISW_DATA_DIR=/var/lib/minisw MINISW_JOIN="$first:4242" MINISW_TOKEN="$token"
 else
     wait_for "$shared/worker.token"
-    unit minisw-agent "/usr/local/bin/minisw agent --data-dir /var/lib/minisw-agent --join $first:4242 --token $(cat "$shared/worker.token") --hostname $name --advertise $ip --control-listen $ip:4242"
+    start agent "${common[@]}" MINISW_DATA_DIR=/var/lib/minisw-agent MINISW_JOIN="$first:4242" \
+        MINISW_TOKEN="$(cat "$shared/worker.token")" MINISW_REFUSAL=1
 fi
 mkdir -p /root/.minisw
 echo "{\"host\": \"$first:4242\", \"tls_dir\": \"$shared/operator-tls\"}" > /root/.minisw/context.json
