@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from minisw.proto import objects_pb2 as pb
+from minisw.proto.constraints import node_matches
 
 __all__ = ["is_task_dirty", "is_terminal", "state_name", "task_name"]
 
@@ -15,11 +16,12 @@ def is_terminal(task: pb.Task) -> bool:
     return task.status.state > pb.RUNNING
 
 
-def is_task_dirty(service: pb.Service, task: pb.Task) -> bool:
+def is_task_dirty(service: pb.Service, task: pb.Task, node: pb.Node | None) -> bool:
     """Whether the task no longer matches the service's spec and must be replaced (swarmkit IsTaskDirty).
 
-    Placement is left out: a placement-only change does not replace tasks whose node still fits;
-    the constraint enforcer handles the ones that no longer do.
+    ``node`` is the task's node (None if it has none). A change of placement alone leaves a task
+    alone while its node still satisfies the service's constraints; a task on a node that does
+    not (or on no node) is dirty and the updater moves it.
     """
     if task.spec_version.index == service.spec_version.index and task.spec == service.spec.task:
         return False
@@ -27,11 +29,14 @@ def is_task_dirty(service: pb.Service, task: pb.Task) -> bool:
     want.CopyFrom(service.spec.task)
     have = pb.TaskSpec()
     have.CopyFrom(task.spec)
+    placement_changed = want.placement != have.placement
     want.ClearField("placement")
     have.ClearField("placement")
     if want != have:
         return True
-    return list(task.endpoint.spec.ports) != list(service.spec.endpoint.ports)
+    if list(task.endpoint.spec.ports) != list(service.spec.endpoint.ports):
+        return True
+    return placement_changed and (node is None or not node_matches(service.spec.task.placement.constraints, node))
 
 
 def task_name(service_name: str, task: pb.Task) -> str:

@@ -14,9 +14,9 @@ import logging
 from minisw.manager.orchestrator.common import new_task, watch_and_tick
 from minisw.manager.orchestrator.restart import RestartSupervisor
 from minisw.manager.orchestrator.update import UpdateSupervisor
-from minisw.manager.scheduler.placement import constraint_matches
 from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, WriteTx
 from minisw.proto import objects_pb2 as pb
+from minisw.proto.constraints import node_matches
 
 __all__ = ["GlobalOrchestrator"]
 
@@ -32,7 +32,7 @@ def _eligible(node: pb.Node) -> bool:
 
 
 def _matches(service: pb.Service, node: pb.Node) -> bool:
-    return all(constraint_matches(c, node) for c in service.spec.task.placement.constraints)
+    return node_matches(service.spec.task.placement.constraints, node)
 
 
 class GlobalOrchestrator:
@@ -117,7 +117,7 @@ class GlobalOrchestrator:
                 continue
             tx.create(new_task(service, 0, node_id=node.id))
         active = {nid: tasks for nid, tasks in live.items() if nodes[nid].spec.availability == pb.NodeSpec.ACTIVE}
-        self.updates.update(service, active)
+        self.updates.update(tx, service, active)
 
 
 def _delete_tasks_on(tx: WriteTx, node_id: str) -> None:

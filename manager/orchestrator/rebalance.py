@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from minisw.manager.scheduler.placement import constraint_matches
 from minisw.proto import objects_pb2 as pb
+from minisw.proto.constraints import node_matches
 
 __all__ = ["slots_to_move"]
 
@@ -19,7 +19,7 @@ def _eligible(node: pb.Node, service: pb.Service) -> bool:
     return (
         node.status.state == pb.NodeStatus.READY
         and node.spec.availability == pb.NodeSpec.ACTIVE
-        and all(constraint_matches(c, node) for c in service.spec.task.placement.constraints)
+        and node_matches(service.spec.task.placement.constraints, node)
     )
 
 

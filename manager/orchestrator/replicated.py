@@ -137,9 +137,7 @@ class ReplicatedOrchestrator:
         }
         slots = {s: ts for s, ts in slots.items() if ts}
         moves = slots_to_move(service, slots, tx.nodes())
-        if moves:
-            log.info("rebalancing service %s: moving slots %s", service_id, moves)
-        self.updates.rebalance(service, slots, moves)
+        self.updates.rebalance(tx, service, slots, moves)
 
     def _restart_one(self, task_id: str) -> Callable[[WriteTx], None]:
         def restart(tx: WriteTx) -> None:
@@ -196,7 +194,7 @@ class ReplicatedOrchestrator:
             free = (n for n in range(1, want + len(occupied) + 1) if n not in occupied)
             for _ in range(want - len(occupied)):
                 tx.create(new_task(service, next(free)))
-            self.updates.update(service, occupied)
+            self.updates.update(tx, service, occupied)
         elif want < len(occupied):
             keep, drop = choose_slots_to_remove(occupied, want)
             for slot in drop:
@@ -204,9 +202,9 @@ class ReplicatedOrchestrator:
                     if task.desired_state < pb.REMOVE:
                         task.desired_state = pb.REMOVE
                         tx.update(task)
-            self.updates.update(service, {s: occupied[s] for s in keep})
+            self.updates.update(tx, service, {s: occupied[s] for s in keep})
         else:
-            self.updates.update(service, occupied)
+            self.updates.update(tx, service, occupied)
 
 
 def choose_slots_to_remove(occupied: dict[int, list[pb.Task]], want: int) -> tuple[list[int], list[int]]:

@@ -4,6 +4,11 @@ A restart is always a new task in the same slot. ``restart`` runs inside the cal
 transaction: it shuts the old task down and creates its replacement with desired state READY,
 so the agent can prepare it; a delayed start raises it to RUNNING once the policy's delay has
 passed and the old task has stopped (or its node is down, or a minute went by).
+
+The restart history and the delay timer are effects of the transaction, not part of it: they
+happen after it commits (``WriteTx.after_commit``). A timer started earlier could look for the
+replacement before it exists (with no delay it always did), and a transaction re-run on a
+conflict would count one restart twice against ``max_attempts``.
 """
 
 from __future__ import annotations
@@ -82,15 +87,23 @@ class RestartSupervisor:
         replacement = new_task(service, task.slot, node_id="" if service.spec.HasField("replicated") else task.node_id)
         replacement.desired_state = pb.READY
         tx.create(replacement)
-        self._history[self._key(task)].append(_Attempt(time.time(), service.spec_version.index))
         policy = restart_policy(service.spec.task)
         delay = 0.0 if node is not None and node.spec.availability == pb.NodeSpec.DRAIN else seconds(policy.delay)
         wait_for_old = not (task.status.state > pb.RUNNING or node is None or node.status.state == pb.NodeStatus.DOWN)
-        self.delay_start(replacement.id, delay, task.id if wait_for_old else "")
+        key, attempt = self._key(task), _Attempt(time.time(), service.spec_version.index)
+
+        def committed() -> None:
+            self._history[key].append(attempt)
+            self.delay_start(replacement.id, delay, task.id if wait_for_old else "")
+
+        tx.after_commit(committed)
         return replacement
 
     def delay_start(self, task_id: str, delay: float, old_task_id: str = "") -> None:
-        """Raise ``task_id`` to desired RUNNING after ``delay`` and once ``old_task_id`` has stopped."""
+        """Raise ``task_id`` to desired RUNNING after ``delay`` and once ``old_task_id`` has stopped.
+
+        ``task_id`` must be committed already: never call this inside a write transaction.
+        """
         if self.delay_in_progress(task_id):
             return
         self._delays[task_id] = asyncio.create_task(self._start_later(task_id, delay, old_task_id))

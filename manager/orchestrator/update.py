@@ -61,16 +61,31 @@ class UpdateSupervisor:
         if entry is not None:
             entry[1].cancel()
 
-    def rebalance(self, service: pb.Service, slots: Mapping[Any, list[pb.Task]], moves: list[int]) -> None:
-        """Replace the tasks of ``moves`` (their nodes hold more than their share), slot by slot."""
+    def rebalance(self, tx: WriteTx, service: pb.Service, slots: Mapping[Any, list[pb.Task]], moves: list[int]) -> None:
+        """Replace the tasks of ``moves`` (their nodes hold more than their share), slot by slot,
+        once ``tx`` has committed."""
+        if moves:
+            tx.after_commit(functools.partial(self._rebalance, service, {s: slots[s] for s in moves}))
+
+    def _rebalance(self, service: pb.Service, moves: dict[SlotKey, list[pb.Task]]) -> None:
         running = self._updaters.get(service.id)
-        if not moves or (running is not None and not running[1].done()):
+        if running is not None and not running[1].done():
             return
-        updater = Updater(self._store, self._restarts, service, {s: slots[s] for s in moves}, rebalancing=True)
+        log.info("rebalancing service %s: moving slots %s", service.id, list(moves))
+        updater = Updater(self._store, self._restarts, service, moves, rebalancing=True)
         self._spawn(service, updater.run())
 
-    def update(self, service: pb.Service, slots: Mapping[Any, list[pb.Task]]) -> None:
-        """Called inside the orchestrator's transaction: only decide and spawn, never write."""
+    def update(self, tx: WriteTx, service: pb.Service, slots: Mapping[Any, list[pb.Task]]) -> None:
+        """Called inside the orchestrator's transaction: decide which slots are dirty there, and
+        start (or keep, or replace) the service's updater once the transaction has committed."""
+        dirty = {
+            slot: tasks
+            for slot, tasks in slots.items()
+            if len(tasks) > 1 or any(is_task_dirty(service, t, _node_of(tx, t)) for t in tasks)
+        }
+        tx.after_commit(functools.partial(self._update, service, dirty))
+
+    def _update(self, service: pb.Service, dirty: dict[SlotKey, list[pb.Task]]) -> None:
         state = service.update_status.state
         if state in (_US.PAUSED, _US.ROLLBACK_PAUSED):
             return
@@ -79,11 +94,6 @@ class UpdateSupervisor:
             if running[0] == service.spec_version.index:
                 return
             running[1].cancel()
-        dirty = {
-            slot: tasks
-            for slot, tasks in slots.items()
-            if len(tasks) > 1 or any(is_task_dirty(service, t) for t in tasks)
-        }
         if not dirty:
             if state in (_US.UPDATING, _US.ROLLBACK_STARTED) and running is None:
                 updater = Updater(self._store, self._restarts, service, {})
@@ -231,7 +241,7 @@ class Updater:
         def begin(tx: WriteTx) -> tuple[str, list[str]]:
             tasks = self._slot_tasks(tx, slot)
             # A rebalance moves a task that is up to date: every task of the slot counts as dirty.
-            clean = [] if self._rebalancing else [t for t in tasks if not is_task_dirty(service, t)]
+            clean = [] if self._rebalancing else [t for t in tasks if not is_task_dirty(service, t, _node_of(tx, t))]
             keep = next((t for t in clean if t.desired_state == pb.RUNNING), None) or (clean[0] if clean else None)
             if keep is not None:
                 for t in tasks:
@@ -341,3 +351,7 @@ class Updater:
 
 def _get_task(tx: ReadTx, task_id: str) -> pb.Task | None:
     return tx.get_task(task_id)
+
+
+def _node_of(tx: ReadTx, task: pb.Task) -> pb.Node | None:
+    return tx.get_node(task.node_id) if task.node_id else None

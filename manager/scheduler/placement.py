@@ -6,16 +6,15 @@ No store access here; the Scheduler feeds NodeInfos in and writes decisions out.
 from __future__ import annotations
 
 import heapq
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from minisw.proto import objects_pb2 as pb
+from minisw.proto.constraints import constraint_matches
 
 __all__ = ["NodeInfo", "Placement", "constraint_matches", "explain", "filters_for"]
 
-_CONSTRAINT = re.compile(r"^\s*([^=!]+?)\s*(==|!=)\s*(.*?)\s*$")
 _ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
@@ -46,38 +45,6 @@ class NodeInfo:
             for port in task.endpoint.ports:
                 if port.publish_mode == pb.PortConfig.HOST and port.published_port:
                     self.host_ports.add((port.protocol, port.published_port))
-
-
-def _attribute(node: pb.Node, key: str) -> str | None:
-    k = key.lower()
-    if k == "node.id":
-        return node.id
-    if k == "node.hostname":
-        return node.description.hostname
-    if k == "node.role":
-        return "manager" if node.role == pb.MANAGER else "worker"
-    if k == "node.platform.os":
-        return node.description.platform.os
-    if k == "node.platform.arch":
-        return node.description.platform.architecture
-    if k.startswith("node.labels."):
-        return node.spec.annotations.labels.get(key[len("node.labels.") :], "")
-    if k.startswith("engine.labels."):
-        return node.description.engine.labels.get(key[len("engine.labels.") :], "")
-    return None
-
-
-def constraint_matches(expr: str, node: pb.Node) -> bool:
-    """Swarm's matching: exact, case-insensitive; a missing label is ""; unknown keys never match."""
-    m = _CONSTRAINT.match(expr)
-    if not m:
-        return False
-    key, op, value = m.groups()
-    actual = _attribute(node, key)
-    if actual is None:
-        return False
-    equal = actual.lower() == value.lower()
-    return equal if op == "==" else not equal
 
 
 # A filter: (explanation for 1 node, explanation for N nodes, check)

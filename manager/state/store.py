@@ -7,6 +7,10 @@ index, so the checks made there (existence, case-insensitive service names, opti
 give the same verdict everywhere. With no proposer (unit tests, benchmarks of pure logic) entries
 apply at once.
 
+A callback may run more than once (a version conflict re-runs it on the new state), so it must
+not act beyond its transaction: whatever else it wants done (start a timer or an updater, count
+something) it registers with ``tx.after_commit``, and that runs once, after the commit.
+
 ``apply_entry`` is called from the Raft library's thread; watchers live on the asyncio loop and
 get events through ``call_soon_threadsafe``.
 """
@@ -14,6 +18,7 @@ get events through ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -43,6 +48,9 @@ __all__ = [
 
 Object = pb.Service | pb.Task | pb.Node | pb.Cluster
 T = TypeVar("T")
+Effect = Callable[[], None]
+
+log = logging.getLogger(__name__)
 
 # swarmkit caps a batch's transactions at 200 changes; a Raft entry stays small that way.
 MAX_CHANGES_PER_TRANSACTION = 200
@@ -186,7 +194,16 @@ class WriteTx(ReadTx):
     def __init__(self, tables: _Tables) -> None:
         super().__init__(tables)
         self.actions: list[pb.StoreAction] = []
+        self.effects: list[Effect] = []
         self._pending: dict[tuple[str, str], Object | None] = {}
+
+    def after_commit(self, effect: Effect) -> None:
+        """Run ``effect`` once this transaction has committed (at once if it wrote nothing).
+
+        A callback re-run on a version conflict starts on a fresh ``WriteTx``, so the effects of
+        the attempt that lost are dropped with it; a transaction that fails runs none.
+        """
+        self.effects.append(effect)
 
     def _get(self, table: str, obj_id: str) -> Object | None:
         if (table, obj_id) in self._pending:
@@ -210,6 +227,16 @@ class WriteTx(ReadTx):
 
     def delete(self, obj: Object) -> None:
         self._record(pb.StoreAction.DELETE, obj, gone=True)
+
+
+def _run_effects(effects: list[Effect]) -> None:
+    # The transaction is committed: an effect that fails must not make the caller believe the
+    # write failed (it would write again), nor keep the other effects from running.
+    for effect in effects:
+        try:
+            effect()
+        except Exception:
+            log.exception("an after-commit effect failed")
 
 
 def _copy(obj: T) -> T:
@@ -250,27 +277,30 @@ class MemoryStore:
 
         Another entry may commit between our reads and ours; if that makes our versions stale,
         ``fn`` runs again on the new state (a few times). An error ``fn`` raises itself, such as a
-        caller's stale version, is never retried.
+        caller's stale version, is never retried. Only the effects ``fn`` registered on the attempt
+        that committed run (``WriteTx.after_commit``), once, before this returns.
         """
         for attempt in range(CONFLICT_RETRIES + 1):
             with self._lock:
                 tx = WriteTx(self._tables)
                 result = fn(tx)
-            if not tx.actions:
-                return result
-            try:
-                await self._commit(tx.actions)
-                return result
-            except SequenceConflict:
-                if attempt == CONFLICT_RETRIES:
-                    raise
+            if tx.actions:
+                try:
+                    await self._commit(tx.actions)
+                except SequenceConflict:
+                    if attempt == CONFLICT_RETRIES:
+                        raise
+                    continue
+            _run_effects(tx.effects)
+            return result
         raise AssertionError("unreachable")
 
     async def batch(self, fns: Iterable[Callable[[WriteTx], object]]) -> list[ManagerError]:
         """Apply many small independent updates, grouped into capped transactions.
 
         A group that fails (say one stale version) is retried one update at a time so that the
-        others still land; the errors of the ones that failed are returned.
+        others still land; the errors of the ones that failed are returned. Each update's
+        after-commit effects run once, with the transaction that landed it.
         """
         errors: list[ManagerError] = []
         group: list[Callable[[WriteTx], object]] = []
