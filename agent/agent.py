@@ -17,6 +17,7 @@ import grpc
 
 from minisw.agent.exec.docker_adapter import DockerExecutor
 from minisw.agent.ingress import IngressProxy
+from minisw.agent.logs import LogPublisher
 from minisw.agent.promotion import Promotion
 from minisw.agent.refusal import refusal_handler
 from minisw.agent.reporter import StatusReporter
@@ -173,7 +174,16 @@ class Agent:
                 labels=self.config.labels,
                 addr=self._advertise,
             )
-            session = Session(addr, request, self._worker, self._reporter, self._ingress, self._registered, self.tls)
+            session = Session(
+                addr,
+                request,
+                self._worker,
+                self._reporter,
+                self._ingress,
+                self._registered,
+                self.tls,
+                LogPublisher(self._executor),
+            )
             try:
                 await session.run()
             except Exception as raised:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 
 from minisw.agent.ingress import IngressProxy
+from minisw.agent.logs import LogPublisher
 from minisw.agent.reporter import StatusReporter
 from minisw.agent.worker import Worker
 from minisw.proto import dispatcher_pb2 as dpb
@@ -60,8 +61,10 @@ class Session:
         ingress: IngressProxy,
         on_registered: Callable[[Registered], Awaitable[None]],
         tls: TLSFiles,
+        logs: LogPublisher | None = None,
     ) -> None:
         self._tls = tls
+        self._logs = logs
         self.addr = addr
         self._request = request
         self._worker = worker
@@ -90,6 +93,8 @@ class Session:
                 group.create_task(self._assignments(stub, node_id, session_id))
                 group.create_task(self._statuses(stub, node_id, session_id))
                 group.create_task(self._watch_session(call))
+                if self._logs is not None:
+                    group.create_task(self._logs.run(stub, node_id, session_id))
 
     async def _watch_session(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
         while True:

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from minisw.proto import logs_pb2 as minisw_dot_proto_dot_logs__pb2
 from minisw.proto import objects_pb2 as minisw_dot_proto_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aminisw/proto/control.proto\x12\x06minisw\x1a\x1aminisw/proto/objects.proto\"\x07\n\x05\x45mpty\"9\n\x14\x43reateServiceRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.minisw.ServiceSpec\"3\n\x0fServiceResponse\x12 \n\x07service\x18\x01 \x01(\x0b\x32\x0f.minisw.Service\"@\n\x11GetServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x17\n\x0finsert_defaults\x18\x02 \x01(\x08\"\xa9\x01\n\x13ListServicesRequest\x12\x13\n\x0bid_prefixes\x18\x01 \x03(\t\x12\x15\n\rname_prefixes\x18\x02 \x03(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.minisw.ListServicesRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\rServiceStatus\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x15\n\rrunning_tasks\x18\x02 \x01(\x04\x12\x15\n\rdesired_tasks\x18\x03 \x01(\x04\x12\x17\n\x0f\x63ompleted_tasks\x18\x04 \x01(\x04\"b\n\x14ListServicesResponse\x12!\n\x08services\x18\x01 \x03(\x0b\x32\x0f.minisw.Service\x12\'\n\x08statuses\x18\x02 \x03(\x0b\x32\x15.minisw.ServiceStatus\"\x89\x01\n\x14UpdateServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12(\n\x0fservice_version\x18\x02 \x01(\x0b\x32\x0f.minisw.Version\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.minisw.ServiceSpec\x12\x10\n\x08rollback\x18\x04 \x01(\x08\"*\n\x14RemoveServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\"\x8d\x01\n\x10ListTasksRequest\x12\x13\n\x0bservice_ids\x18\x01 \x03(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12)\n\x0e\x64\x65sired_states\x18\x03 \x03(\x0e\x32\x11.minisw.TaskState\x12\x12\n\nup_to_date\x18\x04 \x01(\x08\x12\x13\n\x0bid_prefixes\x18\x05 \x03(\t\"0\n\x11ListTasksResponse\x12\x1b\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.minisw.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"*\n\x0cTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.minisw.Task\"W\n\x10ListNodesRequest\x12\x13\n\x0bid_prefixes\x18\x01 \x03(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x1f\n\x05roles\x18\x03 \x03(\x0e\x32\x10.minisw.NodeRole\"0\n\x11ListNodesResponse\x12\x1b\n\x05nodes\x18\x01 \x03(\x0b\x32\x0c.minisw.Node\"!\n\x0eGetNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"*\n\x0cNodeResponse\x12\x1a\n\x04node\x18\x01 \x01(\x0b\x32\x0c.minisw.Node\"k\n\x11UpdateNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12%\n\x0cnode_version\x18\x02 \x01(\x0b\x32\x0f.minisw.Version\x12\x1e\n\x04spec\x18\x03 \x01(\x0b\x32\x10.minisw.NodeSpec\"3\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"3\n\x0f\x43lusterResponse\x12 \n\x07\x63luster\x18\x01 \x01(\x0b\x32\x0f.minisw.Cluster\"9\n\x16RotateJoinTokenRequest\x12\x0e\n\x06worker\x18\x01 \x01(\x08\x12\x0f\n\x07manager\x18\x02 \x01(\x08\"\xb3\x01\n\x0cInfoResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bleader_addr\x18\x03 \x01(\t\x12\x10\n\x08managers\x18\x04 \x01(\r\x12\x1a\n\x12reachable_managers\x18\x05 \x01(\r\x12\r\n\x05nodes\x18\x06 \x01(\r\x12\x19\n\x11raft_commit_index\x18\x07 \x01(\x04\x12\x11\n\traft_term\x18\x08 \x01(\x04\"o\n\x12JoinManagerRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\traft_addr\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontrol_addr\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\"O\n\x13JoinManagerResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0braft_secret\x18\x02 \x01(\t\x12\x12\n\nraft_peers\x18\x03 \x03(\t2\xc8\x07\n\x07\x43ontrol\x12\x46\n\rCreateService\x12\x1c.minisw.CreateServiceRequest\x1a\x17.minisw.ServiceResponse\x12@\n\nGetService\x12\x19.minisw.GetServiceRequest\x1a\x17.minisw.ServiceResponse\x12I\n\x0cListServices\x12\x1b.minisw.ListServicesRequest\x1a\x1c.minisw.ListServicesResponse\x12\x46\n\rUpdateService\x12\x1c.minisw.UpdateServiceRequest\x1a\x17.minisw.ServiceResponse\x12<\n\rRemoveService\x12\x1c.minisw.RemoveServiceRequest\x1a\r.minisw.Empty\x12@\n\tListTasks\x12\x18.minisw.ListTasksRequest\x1a\x19.minisw.ListTasksResponse\x12\x37\n\x07GetTask\x12\x16.minisw.GetTaskRequest\x1a\x14.minisw.TaskResponse\x12@\n\tListNodes\x12\x18.minisw.ListNodesRequest\x1a\x19.minisw.ListNodesResponse\x12\x37\n\x07GetNode\x12\x16.minisw.GetNodeRequest\x1a\x14.minisw.NodeResponse\x12=\n\nUpdateNode\x12\x19.minisw.UpdateNodeRequest\x1a\x14.minisw.NodeResponse\x12\x36\n\nRemoveNode\x12\x19.minisw.RemoveNodeRequest\x1a\r.minisw.Empty\x12\x34\n\nGetCluster\x12\r.minisw.Empty\x1a\x17.minisw.ClusterResponse\x12J\n\x0fRotateJoinToken\x12\x1e.minisw.RotateJoinTokenRequest\x1a\x17.minisw.ClusterResponse\x12+\n\x04Info\x12\r.minisw.Empty\x1a\x14.minisw.InfoResponse\x12\x46\n\x0bJoinManager\x12\x1a.minisw.JoinManagerRequest\x1a\x1b.minisw.JoinManagerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aminisw/proto/control.proto\x12\x06minisw\x1a\x17minisw/proto/logs.proto\x1a\x1aminisw/proto/objects.proto\"\x07\n\x05\x45mpty\"9\n\x14\x43reateServiceRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.minisw.ServiceSpec\"3\n\x0fServiceResponse\x12 \n\x07service\x18\x01 \x01(\x0b\x32\x0f.minisw.Service\"@\n\x11GetServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x17\n\x0finsert_defaults\x18\x02 \x01(\x08\"\xa9\x01\n\x13ListServicesRequest\x12\x13\n\x0bid_prefixes\x18\x01 \x03(\t\x12\x15\n\rname_prefixes\x18\x02 \x03(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.minisw.ListServicesRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\rServiceStatus\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x15\n\rrunning_tasks\x18\x02 \x01(\x04\x12\x15\n\rdesired_tasks\x18\x03 \x01(\x04\x12\x17\n\x0f\x63ompleted_tasks\x18\x04 \x01(\x04\"b\n\x14ListServicesResponse\x12!\n\x08services\x18\x01 \x03(\x0b\x32\x0f.minisw.Service\x12\'\n\x08statuses\x18\x02 \x03(\x0b\x32\x15.minisw.ServiceStatus\"\x89\x01\n\x14UpdateServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12(\n\x0fservice_version\x18\x02 \x01(\x0b\x32\x0f.minisw.Version\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.minisw.ServiceSpec\x12\x10\n\x08rollback\x18\x04 \x01(\x08\"*\n\x14RemoveServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\"\x8d\x01\n\x10ListTasksRequest\x12\x13\n\x0bservice_ids\x18\x01 \x03(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12)\n\x0e\x64\x65sired_states\x18\x03 \x03(\x0e\x32\x11.minisw.TaskState\x12\x12\n\nup_to_date\x18\x04 \x01(\x08\x12\x13\n\x0bid_prefixes\x18\x05 \x03(\t\"0\n\x11ListTasksResponse\x12\x1b\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.minisw.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"*\n\x0cTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.minisw.Task\"W\n\x10ListNodesRequest\x12\x13\n\x0bid_prefixes\x18\x01 \x03(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x1f\n\x05roles\x18\x03 \x03(\x0e\x32\x10.minisw.NodeRole\"0\n\x11ListNodesResponse\x12\x1b\n\x05nodes\x18\x01 \x03(\x0b\x32\x0c.minisw.Node\"!\n\x0eGetNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"*\n\x0cNodeResponse\x12\x1a\n\x04node\x18\x01 \x01(\x0b\x32\x0c.minisw.Node\"k\n\x11UpdateNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12%\n\x0cnode_version\x18\x02 \x01(\x0b\x32\x0f.minisw.Version\x12\x1e\n\x04spec\x18\x03 \x01(\x0b\x32\x10.minisw.NodeSpec\"3\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"3\n\x0f\x43lusterResponse\x12 \n\x07\x63luster\x18\x01 \x01(\x0b\x32\x0f.minisw.Cluster\"9\n\x16RotateJoinTokenRequest\x12\x0e\n\x06worker\x18\x01 \x01(\x08\x12\x0f\n\x07manager\x18\x02 \x01(\x08\"\xb3\x01\n\x0cInfoResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bleader_addr\x18\x03 \x01(\t\x12\x10\n\x08managers\x18\x04 \x01(\r\x12\x1a\n\x12reachable_managers\x18\x05 \x01(\r\x12\r\n\x05nodes\x18\x06 \x01(\r\x12\x19\n\x11raft_commit_index\x18\x07 \x01(\x04\x12\x11\n\traft_term\x18\x08 \x01(\x04\"o\n\x12JoinManagerRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\traft_addr\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontrol_addr\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\"O\n\x13JoinManagerResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0braft_secret\x18\x02 \x01(\t\x12\x12\n\nraft_peers\x18\x03 \x03(\t\"n\n\x14SubscribeLogsRequest\x12%\n\x08selector\x18\x01 \x01(\x0b\x32\x13.minisw.LogSelector\x12/\n\x07options\x18\x02 \x01(\x0b\x32\x1e.minisw.LogSubscriptionOptions\"<\n\x14SubscribeLogsMessage\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.minisw.LogMessage2\x97\x08\n\x07\x43ontrol\x12\x46\n\rCreateService\x12\x1c.minisw.CreateServiceRequest\x1a\x17.minisw.ServiceResponse\x12@\n\nGetService\x12\x19.minisw.GetServiceRequest\x1a\x17.minisw.ServiceResponse\x12I\n\x0cListServices\x12\x1b.minisw.ListServicesRequest\x1a\x1c.minisw.ListServicesResponse\x12\x46\n\rUpdateService\x12\x1c.minisw.UpdateServiceRequest\x1a\x17.minisw.ServiceResponse\x12<\n\rRemoveService\x12\x1c.minisw.RemoveServiceRequest\x1a\r.minisw.Empty\x12@\n\tListTasks\x12\x18.minisw.ListTasksRequest\x1a\x19.minisw.ListTasksResponse\x12\x37\n\x07GetTask\x12\x16.minisw.GetTaskRequest\x1a\x14.minisw.TaskResponse\x12@\n\tListNodes\x12\x18.minisw.ListNodesRequest\x1a\x19.minisw.ListNodesResponse\x12\x37\n\x07GetNode\x12\x16.minisw.GetNodeRequest\x1a\x14.minisw.NodeResponse\x12=\n\nUpdateNode\x12\x19.minisw.UpdateNodeRequest\x1a\x14.minisw.NodeResponse\x12\x36\n\nRemoveNode\x12\x19.minisw.RemoveNodeRequest\x1a\r.minisw.Empty\x12\x34\n\nGetCluster\x12\r.minisw.Empty\x1a\x17.minisw.ClusterResponse\x12J\n\x0fRotateJoinToken\x12\x1e.minisw.RotateJoinTokenRequest\x1a\x17.minisw.ClusterResponse\x12+\n\x04Info\x12\r.minisw.Empty\x1a\x14.minisw.InfoResponse\x12M\n\rSubscribeLogs\x12\x1c.minisw.SubscribeLogsRequest\x1a\x1c.minisw.SubscribeLogsMessage0\x01\x12\x46\n\x0bJoinManager\x12\x1a.minisw.JoinManagerRequest\x1a\x1b.minisw.JoinManagerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,56 +35,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTSERVICESREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_LISTSERVICESREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_EMPTY']._serialized_start=66
-  _globals['_EMPTY']._serialized_end=73
-  _globals['_CREATESERVICEREQUEST']._serialized_start=75
-  _globals['_CREATESERVICEREQUEST']._serialized_end=132
-  _globals['_SERVICERESPONSE']._serialized_start=134
-  _globals['_SERVICERESPONSE']._serialized_end=185
-  _globals['_GETSERVICEREQUEST']._serialized_start=187
-  _globals['_GETSERVICEREQUEST']._serialized_end=251
-  _globals['_LISTSERVICESREQUEST']._serialized_start=254
-  _globals['_LISTSERVICESREQUEST']._serialized_end=423
-  _globals['_LISTSERVICESREQUEST_LABELSENTRY']._serialized_start=378
-  _globals['_LISTSERVICESREQUEST_LABELSENTRY']._serialized_end=423
-  _globals['_SERVICESTATUS']._serialized_start=425
-  _globals['_SERVICESTATUS']._serialized_end=531
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=533
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=631
-  _globals['_UPDATESERVICEREQUEST']._serialized_start=634
-  _globals['_UPDATESERVICEREQUEST']._serialized_end=771
-  _globals['_REMOVESERVICEREQUEST']._serialized_start=773
-  _globals['_REMOVESERVICEREQUEST']._serialized_end=815
-  _globals['_LISTTASKSREQUEST']._serialized_start=818
-  _globals['_LISTTASKSREQUEST']._serialized_end=959
-  _globals['_LISTTASKSRESPONSE']._serialized_start=961
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1009
-  _globals['_GETTASKREQUEST']._serialized_start=1011
-  _globals['_GETTASKREQUEST']._serialized_end=1044
-  _globals['_TASKRESPONSE']._serialized_start=1046
-  _globals['_TASKRESPONSE']._serialized_end=1088
-  _globals['_LISTNODESREQUEST']._serialized_start=1090
-  _globals['_LISTNODESREQUEST']._serialized_end=1177
-  _globals['_LISTNODESRESPONSE']._serialized_start=1179
-  _globals['_LISTNODESRESPONSE']._serialized_end=1227
-  _globals['_GETNODEREQUEST']._serialized_start=1229
-  _globals['_GETNODEREQUEST']._serialized_end=1262
-  _globals['_NODERESPONSE']._serialized_start=1264
-  _globals['_NODERESPONSE']._serialized_end=1306
-  _globals['_UPDATENODEREQUEST']._serialized_start=1308
-  _globals['_UPDATENODEREQUEST']._serialized_end=1415
-  _globals['_REMOVENODEREQUEST']._serialized_start=1417
-  _globals['_REMOVENODEREQUEST']._serialized_end=1468
-  _globals['_CLUSTERRESPONSE']._serialized_start=1470
-  _globals['_CLUSTERRESPONSE']._serialized_end=1521
-  _globals['_ROTATEJOINTOKENREQUEST']._serialized_start=1523
-  _globals['_ROTATEJOINTOKENREQUEST']._serialized_end=1580
-  _globals['_INFORESPONSE']._serialized_start=1583
-  _globals['_INFORESPONSE']._serialized_end=1762
-  _globals['_JOINMANAGERREQUEST']._serialized_start=1764
-  _globals['_JOINMANAGERREQUEST']._serialized_end=1875
-  _globals['_JOINMANAGERRESPONSE']._serialized_start=1877
-  _globals['_JOINMANAGERRESPONSE']._serialized_end=1956
-  _globals['_CONTROL']._serialized_start=1959
-  _globals['_CONTROL']._serialized_end=2927
+  _globals['_EMPTY']._serialized_start=91
+  _globals['_EMPTY']._serialized_end=98
+  _globals['_CREATESERVICEREQUEST']._serialized_start=100
+  _globals['_CREATESERVICEREQUEST']._serialized_end=157
+  _globals['_SERVICERESPONSE']._serialized_start=159
+  _globals['_SERVICERESPONSE']._serialized_end=210
+  _globals['_GETSERVICEREQUEST']._serialized_start=212
+  _globals['_GETSERVICEREQUEST']._serialized_end=276
+  _globals['_LISTSERVICESREQUEST']._serialized_start=279
+  _globals['_LISTSERVICESREQUEST']._serialized_end=448
+  _globals['_LISTSERVICESREQUEST_LABELSENTRY']._serialized_start=403
+  _globals['_LISTSERVICESREQUEST_LABELSENTRY']._serialized_end=448
+  _globals['_SERVICESTATUS']._serialized_start=450
+  _globals['_SERVICESTATUS']._serialized_end=556
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=558
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=656
+  _globals['_UPDATESERVICEREQUEST']._serialized_start=659
+  _globals['_UPDATESERVICEREQUEST']._serialized_end=796
+  _globals['_REMOVESERVICEREQUEST']._serialized_start=798
+  _globals['_REMOVESERVICEREQUEST']._serialized_end=840
+  _globals['_LISTTASKSREQUEST']._serialized_start=843
+  _globals['_LISTTASKSREQUEST']._serialized_end=984
+  _globals['_LISTTASKSRESPONSE']._serialized_start=986
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1034
+  _globals['_GETTASKREQUEST']._serialized_start=1036
+  _globals['_GETTASKREQUEST']._serialized_end=1069
+  _globals['_TASKRESPONSE']._serialized_start=1071
+  _globals['_TASKRESPONSE']._serialized_end=1113
+  _globals['_LISTNODESREQUEST']._serialized_start=1115
+  _globals['_LISTNODESREQUEST']._serialized_end=1202
+  _globals['_LISTNODESRESPONSE']._serialized_start=1204
+  _globals['_LISTNODESRESPONSE']._serialized_end=1252
+  _globals['_GETNODEREQUEST']._serialized_start=1254
+  _globals['_GETNODEREQUEST']._serialized_end=1287
+  _globals['_NODERESPONSE']._serialized_start=1289
+  _globals['_NODERESPONSE']._serialized_end=1331
+  _globals['_UPDATENODEREQUEST']._serialized_start=1333
+  _globals['_UPDATENODEREQUEST']._serialized_end=1440
+  _globals['_REMOVENODEREQUEST']._serialized_start=1442
+  _globals['_REMOVENODEREQUEST']._serialized_end=1493
+  _globals['_CLUSTERRESPONSE']._serialized_start=1495
+  _globals['_CLUSTERRESPONSE']._serialized_end=1546
+  _globals['_ROTATEJOINTOKENREQUEST']._serialized_start=1548
+  _globals['_ROTATEJOINTOKENREQUEST']._serialized_end=1605
+  _globals['_INFORESPONSE']._serialized_start=1608
+  _globals['_INFORESPONSE']._serialized_end=1787
+  _globals['_JOINMANAGERREQUEST']._serialized_start=1789
+  _globals['_JOINMANAGERREQUEST']._serialized_end=1900
+  _globals['_JOINMANAGERRESPONSE']._serialized_start=1902
+  _globals['_JOINMANAGERRESPONSE']._serialized_end=1981
+  _globals['_SUBSCRIBELOGSREQUEST']._serialized_start=1983
+  _globals['_SUBSCRIBELOGSREQUEST']._serialized_end=2093
+  _globals['_SUBSCRIBELOGSMESSAGE']._serialized_start=2095
+  _globals['_SUBSCRIBELOGSMESSAGE']._serialized_end=2155
+  _globals['_CONTROL']._serialized_start=2158
+  _globals['_CONTROL']._serialized_end=3205
 # @@protoc_insertion_point(module_scope)

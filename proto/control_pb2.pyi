@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from minisw.proto import logs_pb2 as _logs_pb2
 from minisw.proto import objects_pb2 as _objects_pb2
 import builtins as _builtins
 import sys
@@ -625,3 +626,47 @@ class JoinManagerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JoinManagerResponse: _TypeAlias = JoinManagerResponse  # noqa: Y015
+
+@_typing.final
+class SubscribeLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def selector(self) -> _logs_pb2.LogSelector: ...
+    @_builtins.property
+    def options(self) -> _logs_pb2.LogSubscriptionOptions: ...
+    def __init__(
+        self,
+        *,
+        selector: _logs_pb2.LogSelector | None = ...,
+        options: _logs_pb2.LogSubscriptionOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "selector", b"selector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "selector", b"selector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeLogsRequest: _TypeAlias = SubscribeLogsRequest  # noqa: Y015
+
+@_typing.final
+class SubscribeLogsMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_logs_pb2.LogMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_logs_pb2.LogMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeLogsMessage: _TypeAlias = SubscribeLogsMessage  # noqa: Y015

@@ -104,6 +104,11 @@ class ControlStub:
                 request_serializer=minisw_dot_proto_dot_control__pb2.Empty.SerializeToString,
                 response_deserializer=minisw_dot_proto_dot_control__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.SubscribeLogs = channel.unary_stream(
+                '/minisw.Control/SubscribeLogs',
+                request_serializer=minisw_dot_proto_dot_control__pb2.SubscribeLogsRequest.SerializeToString,
+                response_deserializer=minisw_dot_proto_dot_control__pb2.SubscribeLogsMessage.FromString,
+                _registered_method=True)
         self.JoinManager = channel.unary_unary(
                 '/minisw.Control/JoinManager',
                 request_serializer=minisw_dot_proto_dot_control__pb2.JoinManagerRequest.SerializeToString,
@@ -198,6 +203,13 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubscribeLogs(self, request, context):
+        """The logs of services' or tasks' containers, relayed from the agents by the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def JoinManager(self, request, context):
         """Manager-to-manager: a new manager asks to become a Raft member.
         """
@@ -277,6 +289,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=minisw_dot_proto_dot_control__pb2.Empty.FromString,
                     response_serializer=minisw_dot_proto_dot_control__pb2.InfoResponse.SerializeToString,
+            ),
+            'SubscribeLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeLogs,
+                    request_deserializer=minisw_dot_proto_dot_control__pb2.SubscribeLogsRequest.FromString,
+                    response_serializer=minisw_dot_proto_dot_control__pb2.SubscribeLogsMessage.SerializeToString,
             ),
             'JoinManager': grpc.unary_unary_rpc_method_handler(
                     servicer.JoinManager,
@@ -662,6 +679,33 @@ class Control:
             '/minisw.Control/Info',
             minisw_dot_proto_dot_control__pb2.Empty.SerializeToString,
             minisw_dot_proto_dot_control__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/minisw.Control/SubscribeLogs',
+            minisw_dot_proto_dot_control__pb2.SubscribeLogsRequest.SerializeToString,
+            minisw_dot_proto_dot_control__pb2.SubscribeLogsMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,8 @@ class ControlStub:
     GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.ClusterResponse]
     RotateJoinToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.ClusterResponse]
     Info: _grpc.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.InfoResponse]
+    SubscribeLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.SubscribeLogsRequest, _control_pb2.SubscribeLogsMessage]
+    """The logs of services' or tasks' containers, relayed from the agents by the leader."""
     JoinManager: _grpc.UnaryUnaryMultiCallable[_control_pb2.JoinManagerRequest, _control_pb2.JoinManagerResponse]
     """Manager-to-manager: a new manager asks to become a Raft member."""
 
@@ -65,6 +67,8 @@ class ControlAsyncStub(ControlStub):
     GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.ClusterResponse]  # type: ignore[assignment]
     RotateJoinToken: _aio.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.ClusterResponse]  # type: ignore[assignment]
     Info: _aio.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.InfoResponse]  # type: ignore[assignment]
+    SubscribeLogs: _aio.UnaryStreamMultiCallable[_control_pb2.SubscribeLogsRequest, _control_pb2.SubscribeLogsMessage]  # type: ignore[assignment]
+    """The logs of services' or tasks' containers, relayed from the agents by the leader."""
     JoinManager: _aio.UnaryUnaryMultiCallable[_control_pb2.JoinManagerRequest, _control_pb2.JoinManagerResponse]  # type: ignore[assignment]
     """Manager-to-manager: a new manager asks to become a Raft member."""
 
@@ -166,6 +170,14 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.Empty,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.InfoResponse, _abc.Awaitable[_control_pb2.InfoResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SubscribeLogs(
+        self,
+        request: _control_pb2.SubscribeLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.SubscribeLogsMessage], _abc.AsyncIterator[_control_pb2.SubscribeLogsMessage]]:
+        """The logs of services' or tasks' containers, relayed from the agents by the leader."""
 
     @_abc_1.abstractmethod
     def JoinManager(

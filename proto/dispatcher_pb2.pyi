@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from minisw.proto import logs_pb2 as _logs_pb2
 from minisw.proto import objects_pb2 as _objects_pb2
 import builtins as _builtins
 import sys
@@ -344,3 +345,101 @@ class UpdateTaskStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateTaskStatusResponse: _TypeAlias = UpdateTaskStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListenSubscriptionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListenSubscriptionsRequest: _TypeAlias = ListenSubscriptionsRequest  # noqa: Y015
+
+@_typing.final
+class SubscriptionMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    close: _builtins.bool
+    """the subscriber went away: stop publishing"""
+    @_builtins.property
+    def selector(self) -> _logs_pb2.LogSelector: ...
+    @_builtins.property
+    def options(self) -> _logs_pb2.LogSubscriptionOptions: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        selector: _logs_pb2.LogSelector | None = ...,
+        options: _logs_pb2.LogSubscriptionOptions | None = ...,
+        close: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "selector", b"selector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "id", b"id", "options", b"options", "selector", b"selector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriptionMessage: _TypeAlias = SubscriptionMessage  # noqa: Y015
+
+@_typing.final
+class PublishLogsMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    subscription_id: _builtins.str
+    close: _builtins.bool
+    """this node has sent everything it has for the subscription"""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_logs_pb2.LogMessage]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        messages: _abc.Iterable[_logs_pb2.LogMessage] | None = ...,
+        close: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "messages", b"messages", "node_id", b"node_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishLogsMessage: _TypeAlias = PublishLogsMessage  # noqa: Y015
+
+@_typing.final
+class PublishLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishLogsResponse: _TypeAlias = PublishLogsResponse  # noqa: Y015

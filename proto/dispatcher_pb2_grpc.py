@@ -54,6 +54,16 @@ class DispatcherStub:
                 request_serializer=minisw_dot_proto_dot_dispatcher__pb2.UpdateTaskStatusRequest.SerializeToString,
                 response_deserializer=minisw_dot_proto_dot_dispatcher__pb2.UpdateTaskStatusResponse.FromString,
                 _registered_method=True)
+        self.ListenSubscriptions = channel.unary_stream(
+                '/minisw.Dispatcher/ListenSubscriptions',
+                request_serializer=minisw_dot_proto_dot_dispatcher__pb2.ListenSubscriptionsRequest.SerializeToString,
+                response_deserializer=minisw_dot_proto_dot_dispatcher__pb2.SubscriptionMessage.FromString,
+                _registered_method=True)
+        self.PublishLogs = channel.stream_unary(
+                '/minisw.Dispatcher/PublishLogs',
+                request_serializer=minisw_dot_proto_dot_dispatcher__pb2.PublishLogsMessage.SerializeToString,
+                response_deserializer=minisw_dot_proto_dot_dispatcher__pb2.PublishLogsResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -86,6 +96,21 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListenSubscriptions(self, request, context):
+        """The log subscriptions that concern the node: the active ones first, then each new one,
+        and each one again with close set when its subscriber goes away.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishLogs(self, request_iterator, context):
+        """One stream per subscription: the node's log lines for it, then a message with close set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +133,16 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.UpdateTaskStatus,
                     request_deserializer=minisw_dot_proto_dot_dispatcher__pb2.UpdateTaskStatusRequest.FromString,
                     response_serializer=minisw_dot_proto_dot_dispatcher__pb2.UpdateTaskStatusResponse.SerializeToString,
+            ),
+            'ListenSubscriptions': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListenSubscriptions,
+                    request_deserializer=minisw_dot_proto_dot_dispatcher__pb2.ListenSubscriptionsRequest.FromString,
+                    response_serializer=minisw_dot_proto_dot_dispatcher__pb2.SubscriptionMessage.SerializeToString,
+            ),
+            'PublishLogs': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishLogs,
+                    request_deserializer=minisw_dot_proto_dot_dispatcher__pb2.PublishLogsMessage.FromString,
+                    response_serializer=minisw_dot_proto_dot_dispatcher__pb2.PublishLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +253,60 @@ class Dispatcher:
             '/minisw.Dispatcher/UpdateTaskStatus',
             minisw_dot_proto_dot_dispatcher__pb2.UpdateTaskStatusRequest.SerializeToString,
             minisw_dot_proto_dot_dispatcher__pb2.UpdateTaskStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListenSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/minisw.Dispatcher/ListenSubscriptions',
+            minisw_dot_proto_dot_dispatcher__pb2.ListenSubscriptionsRequest.SerializeToString,
+            minisw_dot_proto_dot_dispatcher__pb2.SubscriptionMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishLogs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/minisw.Dispatcher/PublishLogs',
+            minisw_dot_proto_dot_dispatcher__pb2.PublishLogsMessage.SerializeToString,
+            minisw_dot_proto_dot_dispatcher__pb2.PublishLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,12 @@ class DispatcherStub:
     Assignments: _grpc.UnaryStreamMultiCallable[_dispatcher_pb2.AssignmentsRequest, _dispatcher_pb2.AssignmentsMessage]
     """A COMPLETE set first, then INCREMENTAL changes, each with a sequence number."""
     UpdateTaskStatus: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.UpdateTaskStatusRequest, _dispatcher_pb2.UpdateTaskStatusResponse]
+    ListenSubscriptions: _grpc.UnaryStreamMultiCallable[_dispatcher_pb2.ListenSubscriptionsRequest, _dispatcher_pb2.SubscriptionMessage]
+    """The log subscriptions that concern the node: the active ones first, then each new one,
+    and each one again with close set when its subscriber goes away.
+    """
+    PublishLogs: _grpc.StreamUnaryMultiCallable[_dispatcher_pb2.PublishLogsMessage, _dispatcher_pb2.PublishLogsResponse]
+    """One stream per subscription: the node's log lines for it, then a message with close set."""
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
@@ -51,6 +57,12 @@ class DispatcherAsyncStub(DispatcherStub):
     Assignments: _aio.UnaryStreamMultiCallable[_dispatcher_pb2.AssignmentsRequest, _dispatcher_pb2.AssignmentsMessage]  # type: ignore[assignment]
     """A COMPLETE set first, then INCREMENTAL changes, each with a sequence number."""
     UpdateTaskStatus: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.UpdateTaskStatusRequest, _dispatcher_pb2.UpdateTaskStatusResponse]  # type: ignore[assignment]
+    ListenSubscriptions: _aio.UnaryStreamMultiCallable[_dispatcher_pb2.ListenSubscriptionsRequest, _dispatcher_pb2.SubscriptionMessage]  # type: ignore[assignment]
+    """The log subscriptions that concern the node: the active ones first, then each new one,
+    and each one again with close set when its subscriber goes away.
+    """
+    PublishLogs: _aio.StreamUnaryMultiCallable[_dispatcher_pb2.PublishLogsMessage, _dispatcher_pb2.PublishLogsResponse]  # type: ignore[assignment]
+    """One stream per subscription: the node's log lines for it, then a message with close set."""
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -84,5 +96,23 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         request: _dispatcher_pb2.UpdateTaskStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dispatcher_pb2.UpdateTaskStatusResponse, _abc.Awaitable[_dispatcher_pb2.UpdateTaskStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListenSubscriptions(
+        self,
+        request: _dispatcher_pb2.ListenSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dispatcher_pb2.SubscriptionMessage], _abc.AsyncIterator[_dispatcher_pb2.SubscriptionMessage]]:
+        """The log subscriptions that concern the node: the active ones first, then each new one,
+        and each one again with close set when its subscriber goes away.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishLogs(
+        self,
+        request_iterator: _MaybeAsyncIterator[_dispatcher_pb2.PublishLogsMessage],
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_pb2.PublishLogsResponse, _abc.Awaitable[_dispatcher_pb2.PublishLogsResponse]]:
+        """One stream per subscription: the node's log lines for it, then a message with close set."""
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

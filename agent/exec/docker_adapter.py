@@ -22,7 +22,7 @@ import requests.exceptions
 
 from minisw.agent.exec.controller import ExitStatus, Started
 from minisw.agent.exec.errors import ContainerGone, ExecError, Unhealthy
-from minisw.agent.exec.spec import LABEL_NODE, LABEL_TASK, container_name, create_kwargs
+from minisw.agent.exec.spec import LABEL_NODE, LABEL_SERVICE_ID, LABEL_TASK, container_name, create_kwargs
 from minisw.proto import objects_pb2 as pb
 
 __all__ = ["DockerController", "DockerExecutor"]
@@ -145,6 +145,40 @@ class DockerExecutor:
     @property
     def api(self) -> Any:
         return self._client.api
+
+    # ---- service logs (agent/logs.py) ------------------------------------------------------
+    async def log_containers(self, service_ids: set[str], task_ids: set[str]) -> list[tuple[str, str, str]]:
+        """(task ID, service ID, container ID) of this node's containers of those services or tasks
+        that have started (a container that never ran has no logs, and following it would end at once)."""
+
+        def listing() -> list[tuple[str, str, str]]:
+            found = self._client.api.containers(all=True, filters={"label": f"{LABEL_NODE}={self.node_id}"})
+            out = []
+            for c in found:
+                labels = c.get("Labels") or {}
+                task_id, service_id = labels.get(LABEL_TASK, ""), labels.get(LABEL_SERVICE_ID, "")
+                if (task_id in task_ids or service_id in service_ids) and c.get("State") != "created":
+                    out.append((task_id, service_id, str(c["Id"])))
+            return out
+
+        return await self.call(listing)
+
+    def open_logs(self, container_id: str, stderr: bool, follow: bool, tail: int | None, since: float | None) -> Any:
+        """Blocking (call it on a thread): one of the container's streams, as chunks of lines, each
+        line prefixed by Docker's timestamp. ``close()`` on the result, from any thread, ends it."""
+        try:
+            return self._client.api.logs(
+                container_id,
+                stdout=not stderr,
+                stderr=stderr,
+                stream=True,
+                follow=follow,
+                timestamps=True,
+                tail="all" if tail is None else tail,
+                since=since if since and since > 0 else None,
+            )
+        except docker.errors.NotFound:
+            raise ContainerGone(f"container {container_id[:12]} no longer exists") from None
 
 
 class DockerController:

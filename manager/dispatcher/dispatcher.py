@@ -9,6 +9,7 @@ and batched task status (every 100 ms, latest status per task, never moving a ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -20,6 +21,7 @@ import grpc
 
 from minisw.manager import ids
 from minisw.manager.auth import Authorizer, Denied
+from minisw.manager.logbroker import LogRefused, LogService
 from minisw.manager.state.store import Event, MemoryStore, ReadTx, WriteTx, iter_nowait
 from minisw.proto import dispatcher_pb2 as dpb
 from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
@@ -378,6 +380,7 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
     def __init__(self, manager: ManagerView) -> None:
         self._manager = manager
         self.current: Dispatcher | None = None
+        self.logs: LogService | None = None  # the log broker's agent side (manager/logbroker.py)
 
     async def _peer(self, context: grpc.aio.ServicerContext, node_id: str | None) -> str:
         """The caller's node ID from its certificate; it may only speak for itself."""
@@ -462,3 +465,35 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
             await context.abort(err.code, str(err))
             raise
         return dpb.UpdateTaskStatusResponse()
+
+    # ---- service logs: the hooks to the log broker -----------------------------------------
+    async def ListenSubscriptions(
+        self, request: dpb.ListenSubscriptionsRequest, context: Any
+    ) -> AsyncIterator[dpb.SubscriptionMessage]:
+        await self._peer(context, request.node_id)
+        dispatcher = await self._dispatcher(context)
+        try:
+            session = dispatcher.check(request.node_id, request.session_id)
+        except _Refused as err:
+            await context.abort(err.code, str(err))
+            return
+        broker = self.logs.current if self.logs is not None else None
+        if broker is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the log broker is not running yet; try again")
+            return
+        async with contextlib.aclosing(broker.listen(session.node_id, session.closed)) as subscriptions:
+            async for message in subscriptions:
+                yield message
+
+    async def PublishLogs(self, request_iterator: Any, context: Any) -> dpb.PublishLogsResponse:
+        cert_node_id = await self._peer(context, None)
+        await self._dispatcher(context)
+        broker = self.logs.current if self.logs is not None else None
+        if broker is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the log broker is not running yet; try again")
+            raise AssertionError("unreachable")
+        try:
+            await broker.publish(cert_node_id, request_iterator)
+        except LogRefused as err:
+            await context.abort(err.code, str(err))
+        return dpb.PublishLogsResponse()
