@@ -7,14 +7,35 @@ from typing import Any
 
 import click
 
+from minisw.cli.containerflags import (
+    effective_caps,
+    merge_env,
+    parse_dns,
+    parse_dns_search,
+    parse_host,
+    parse_kv,
+    parse_mount,
+    parse_ulimit,
+    read_env_files,
+    shell_words,
+    update_caps,
+    update_dns,
+    update_hosts,
+    update_mounts,
+    update_sysctls,
+    update_ulimits,
+)
 from minisw.cli.units import parse_cpus, parse_duration, parse_size
 from minisw.proto import objects_pb2 as pb
 
 __all__ = [
     "apply_common_flags",
     "config_options",
+    "create_options",
     "parse_publish",
+    "shell_words",
     "split_kv",
+    "update_options",
 ]
 
 F = Callable[..., Any]
@@ -31,6 +52,11 @@ def config_options(fn: F) -> F:
     opts = [
         click.option("--limit-cpu", help="Limit CPUs"),
         click.option("--limit-memory", help="Limit Memory"),
+        click.option(
+            "--limit-pids",
+            type=click.IntRange(min=0),
+            help="Limit maximum number of processes (default 0 = unlimited)",
+        ),
         click.option("--reserve-cpu", help="Reserve CPUs"),
         click.option("--reserve-memory", help="Reserve Memory"),
         click.option(
@@ -60,11 +86,19 @@ def config_options(fn: F) -> F:
             "--health-start-period", help="Start period for the container to initialize before counting retries"
         ),
         click.option(
+            "--health-start-interval", help="Time between running the check during the start period (ms|s|m|h)"
+        ),
+        click.option(
             "--no-healthcheck", is_flag=True, default=None, help="Disable any container-specified HEALTHCHECK"
         ),
         click.option("-w", "--workdir", help="Working directory inside the container"),
         click.option("-u", "--user", help="Username or UID (format: <name|uid>[:<group|gid>])"),
         click.option("--hostname", help="Container hostname"),
+        click.option("--entrypoint", help="Overwrite the default ENTRYPOINT of the image"),
+        click.option("--cap-add", multiple=True, help="Add Linux capabilities"),
+        click.option("--cap-drop", multiple=True, help="Drop Linux capabilities"),
+        click.option("--log-driver", help="Logging driver for service"),
+        click.option("--log-opt", multiple=True, help="Logging driver options"),
         click.option("--init", is_flag=True, default=None, help="Use an init inside each service container"),
         click.option("-t", "--tty", is_flag=True, default=None, help="Allocate a pseudo-TTY"),
         click.option(
@@ -119,6 +153,71 @@ def config_options(fn: F) -> F:
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def _add(fn: F, opts: list[Callable[[F], F]]) -> F:
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def create_options(fn: F) -> F:
+    """The container flags only ``service create`` has (update has their ``-add``/``-rm`` forms)."""
+    return _add(
+        fn,
+        [
+            click.option("--env-file", multiple=True, help="Read in a file of environment variables"),
+            click.option("--mount", multiple=True, help="Attach a filesystem mount to the service"),
+            click.option("--dns", multiple=True, help="Set custom DNS servers"),
+            click.option("--dns-option", multiple=True, help="Set DNS options"),
+            click.option("--dns-search", multiple=True, help="Set custom DNS search domains"),
+            click.option("--host", multiple=True, help="Set one or more custom host-to-IP mappings (host:ip)"),
+            click.option("--sysctl", multiple=True, help="Sysctl options"),
+            click.option("--ulimit", multiple=True, help="Ulimit options"),
+        ],
+    )
+
+
+_UPDATE_FORMS = {
+    "mount": ("Add or update a mount on a service", "Remove a mount by its target path"),
+    "dns": ("Add or update a custom DNS server", "Remove a custom DNS server"),
+    "dns-option": ("Add or update a DNS option", "Remove a DNS option"),
+    "dns-search": ("Add or update a custom DNS search domain", "Remove a DNS search domain"),
+    "host": ('Add a custom host-to-IP mapping ("host:ip")', 'Remove a custom host-to-IP mapping ("host:ip")'),
+    "sysctl": ("Add or update a Sysctl option", "Remove a Sysctl option"),
+    "ulimit": ("Add or update a ulimit option", "Remove a ulimit option"),
+}
+
+
+_ADD_CHECKS: dict[str, Callable[[str, str], object]] = {
+    "mount": parse_mount,
+    "dns": parse_dns,
+    "dns-search": parse_dns_search,
+    "host": parse_host,
+    "sysctl": lambda v, flag: parse_kv(v, flag, "net.core.somaxconn=1024"),
+    "ulimit": parse_ulimit,
+}
+
+
+def _checked(name: str) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], tuple[str, ...]]:
+    """Parse the values as click reads them, so bad input fails before the CLI calls a manager."""
+
+    def check(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            _ADD_CHECKS[name](value, f"--{name}-add")
+        return values
+
+    return check
+
+
+def update_options(fn: F) -> F:
+    """``service update``'s ``--X-add``/``--X-rm`` forms of the create-only container flags."""
+    opts: list[Callable[[F], F]] = []
+    for name, (add_help, rm_help) in _UPDATE_FORMS.items():
+        check = _checked(name) if name in _ADD_CHECKS else None
+        opts.append(click.option(f"--{name}-add", multiple=True, callback=check, help=add_help))
+        opts.append(click.option(f"--{name}-rm", multiple=True, help=rm_help))
+    return _add(fn, opts)
 
 
 def split_kv(value: str, flag: str) -> tuple[str, str]:
@@ -177,6 +276,8 @@ def apply_common_flags(spec: pb.ServiceSpec, o: dict[str, Any], *, creating: boo
         task.resources.limits.nano_cpus = parse_cpus(o["limit_cpu"], "--limit-cpu")
     if o["limit_memory"] is not None:
         task.resources.limits.memory_bytes = parse_size(o["limit_memory"], "--limit-memory")
+    if o["limit_pids"] is not None:
+        c.pids_limit = o["limit_pids"]
     if o["reserve_cpu"] is not None:
         task.resources.reservations.nano_cpus = parse_cpus(o["reserve_cpu"], "--reserve-cpu")
     if o["reserve_memory"] is not None:
@@ -214,6 +315,7 @@ def apply_common_flags(spec: pb.ServiceSpec, o: dict[str, Any], *, creating: boo
         c.tty = o["tty"]
     if o["read_only"] is not None:
         c.read_only = o["read_only"]
+    _apply_container_flags(task, o, creating=creating)
     if o["endpoint_mode"] is not None:
         spec.endpoint.mode = pb.EndpointSpec.DNSRR if o["endpoint_mode"] == "dnsrr" else pb.EndpointSpec.VIP
 
@@ -242,11 +344,71 @@ def apply_common_flags(spec: pb.ServiceSpec, o: dict[str, Any], *, creating: boo
             cfg.order = _ORDERS[o[f"{prefix}_order"]]
 
 
+def _apply_container_flags(task: pb.TaskSpec, o: dict[str, Any], *, creating: bool) -> None:
+    """The flags that docker's create sets outright and its update applies as changes."""
+    c = task.container
+    if o["entrypoint"] is not None:
+        del c.command[:]
+        c.command.extend(shell_words(o["entrypoint"], "--entrypoint"))
+    if o["log_opt"] and not o["log_driver"]:
+        raise click.UsageError(
+            "--log-opt needs --log-driver: give the driver the options are for, e.g. --log-driver json-file"
+        )
+    if o["log_driver"]:
+        task.log_driver.Clear()  # as docker's: the given options replace the old ones
+        task.log_driver.name = o["log_driver"]
+        for value in o["log_opt"]:
+            k, v = parse_kv(value, "--log-opt", "max-size=10m")
+            task.log_driver.options[k] = v
+    if creating:
+        env = read_env_files(o.get("env_file", ())) + list(c.env)
+        del c.env[:]
+        c.env.extend(merge_env(env))
+        c.mounts.extend(parse_mount(v) for v in o.get("mount", ()))
+        c.dns_config.SetInParent()  # docker's create always sends one, possibly empty
+        c.dns_config.nameservers.extend(parse_dns(v) for v in o.get("dns", ()))
+        c.dns_config.search.extend(parse_dns_search(v) for v in o.get("dns_search", ()))
+        c.dns_config.options.extend(o.get("dns_option", ()))
+        c.hosts.extend(parse_host(v) for v in o.get("host", ()))
+        for value in o.get("sysctl", ()):
+            k, v = parse_kv(value, "--sysctl", "net.core.somaxconn=1024")
+            c.sysctls[k] = v
+        by_name = {u.name: u for u in (parse_ulimit(v) for v in o.get("ulimit", ()))}
+        c.ulimits.extend(by_name[n] for n in sorted(by_name))
+        add, drop = effective_caps(o["cap_add"], o["cap_drop"])
+        c.capability_add.extend(add)
+        c.capability_drop.extend(drop)
+        return
+
+    def given(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return tuple(o.get(f"{name}_add", ())), tuple(o.get(f"{name}_rm", ()))
+
+    if any(given("mount")):
+        update_mounts(c, *given("mount"))
+    if any(given("dns")) or any(given("dns_search")) or any(given("dns_option")):
+        update_dns(c, given("dns"), given("dns_search"), given("dns_option"))
+    if any(given("host")):
+        update_hosts(c, *given("host"))
+    if any(given("sysctl")):
+        update_sysctls(c, *given("sysctl"))
+    if any(given("ulimit")):
+        update_ulimits(c, *given("ulimit"))
+    if o["cap_add"] or o["cap_drop"]:
+        update_caps(c, o["cap_add"], o["cap_drop"])
+
+
+_HEALTH_FLAGS = (
+    "health_cmd",
+    "health_interval",
+    "health_timeout",
+    "health_retries",
+    "health_start_period",
+    "health_start_interval",
+)
+
+
 def _apply_health(c: pb.ContainerSpec, o: dict[str, Any]) -> None:
-    if o["no_healthcheck"] and any(
-        o[k] is not None
-        for k in ("health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period")
-    ):
+    if o["no_healthcheck"] and any(o[k] is not None for k in _HEALTH_FLAGS):
         raise click.UsageError("--no-healthcheck conflicts with --health-* options")
     if o["no_healthcheck"]:
         c.healthcheck.Clear()
@@ -262,6 +424,7 @@ def _apply_health(c: pb.ContainerSpec, o: dict[str, Any]) -> None:
         ("health_interval", "interval"),
         ("health_timeout", "timeout"),
         ("health_start_period", "start_period"),
+        ("health_start_interval", "start_interval"),
     ):
         if o[flag] is not None:
             _dur(o[flag], "--" + flag.replace("_", "-"), hc, field)

@@ -364,6 +364,7 @@ class HealthConfig(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     START_PERIOD_FIELD_NUMBER: _builtins.int
+    START_INTERVAL_FIELD_NUMBER: _builtins.int
     retries: _builtins.int
     @_builtins.property
     def test(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -375,6 +376,8 @@ class HealthConfig(_message.Message):
     def timeout(self) -> _duration_pb2.Duration: ...
     @_builtins.property
     def start_period(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def start_interval(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
@@ -383,10 +386,11 @@ class HealthConfig(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retries: _builtins.int = ...,
         start_period: _duration_pb2.Duration | None = ...,
+        start_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "start_period", b"start_period", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "start_interval", b"start_interval", "start_period", b"start_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "retries", b"retries", "start_period", b"start_period", "test", b"test", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "retries", b"retries", "start_interval", b"start_interval", "start_period", b"start_period", "test", b"test", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -416,6 +420,75 @@ class ContainerSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SysctlsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DNSConfig(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NAMESERVERS_FIELD_NUMBER: _builtins.int
+        SEARCH_FIELD_NUMBER: _builtins.int
+        OPTIONS_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def nameservers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+        @_builtins.property
+        def search(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+        @_builtins.property
+        def options(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+        def __init__(
+            self,
+            *,
+            nameservers: _abc.Iterable[_builtins.str] | None = ...,
+            search: _abc.Iterable[_builtins.str] | None = ...,
+            options: _abc.Iterable[_builtins.str] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["nameservers", b"nameservers", "options", b"options", "search", b"search"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class Ulimit(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NAME_FIELD_NUMBER: _builtins.int
+        SOFT_FIELD_NUMBER: _builtins.int
+        HARD_FIELD_NUMBER: _builtins.int
+        name: _builtins.str
+        soft: _builtins.int
+        hard: _builtins.int
+        def __init__(
+            self,
+            *,
+            name: _builtins.str = ...,
+            soft: _builtins.int = ...,
+            hard: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["hard", b"hard", "name", b"name", "soft", b"soft"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     IMAGE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
@@ -430,6 +503,14 @@ class ContainerSpec(_message.Message):
     TTY_FIELD_NUMBER: _builtins.int
     READ_ONLY_FIELD_NUMBER: _builtins.int
     INIT_FIELD_NUMBER: _builtins.int
+    MOUNTS_FIELD_NUMBER: _builtins.int
+    HOSTS_FIELD_NUMBER: _builtins.int
+    DNS_CONFIG_FIELD_NUMBER: _builtins.int
+    PIDS_LIMIT_FIELD_NUMBER: _builtins.int
+    SYSCTLS_FIELD_NUMBER: _builtins.int
+    CAPABILITY_ADD_FIELD_NUMBER: _builtins.int
+    CAPABILITY_DROP_FIELD_NUMBER: _builtins.int
+    ULIMITS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     hostname: _builtins.str
     dir: _builtins.str
@@ -438,6 +519,8 @@ class ContainerSpec(_message.Message):
     tty: _builtins.bool
     read_only: _builtins.bool
     init: _builtins.bool
+    pids_limit: _builtins.int
+    """swarmkit's pidsLimit; the Engine API shows it as Resources.Limits.Pids"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -452,6 +535,22 @@ class ContainerSpec(_message.Message):
 
     @_builtins.property
     def healthcheck(self) -> Global___HealthConfig: ...
+    @_builtins.property
+    def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mount]: ...
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"IP_address canonical_hostname [aliases...]", as in /etc/hosts"""
+
+    @_builtins.property
+    def dns_config(self) -> Global___ContainerSpec.DNSConfig: ...
+    @_builtins.property
+    def sysctls(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def capability_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def capability_drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def ulimits(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContainerSpec.Ulimit]: ...
     def __init__(
         self,
         *,
@@ -469,16 +568,227 @@ class ContainerSpec(_message.Message):
         tty: _builtins.bool = ...,
         read_only: _builtins.bool = ...,
         init: _builtins.bool | None = ...,
+        mounts: _abc.Iterable[Global___Mount] | None = ...,
+        hosts: _abc.Iterable[_builtins.str] | None = ...,
+        dns_config: Global___ContainerSpec.DNSConfig | None = ...,
+        pids_limit: _builtins.int = ...,
+        sysctls: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        capability_add: _abc.Iterable[_builtins.str] | None = ...,
+        capability_drop: _abc.Iterable[_builtins.str] | None = ...,
+        ulimits: _abc.Iterable[Global___ContainerSpec.Ulimit] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_init", b"_init", "healthcheck", b"healthcheck", "init", b"init", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_init", b"_init", "dns_config", b"dns_config", "healthcheck", b"healthcheck", "init", b"init", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_init", b"_init", "args", b"args", "command", b"command", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "init", b"init", "labels", b"labels", "read_only", b"read_only", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "tty", b"tty", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_init", b"_init", "args", b"args", "capability_add", b"capability_add", "capability_drop", b"capability_drop", "command", b"command", "dir", b"dir", "dns_config", b"dns_config", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "hosts", b"hosts", "image", b"image", "init", b"init", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "read_only", b"read_only", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "sysctls", b"sysctls", "tty", b"tty", "ulimits", b"ulimits", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__init: _TypeAlias = _typing.Literal["init"]  # noqa: Y015
     _WhichOneofArgType__init: _TypeAlias = _typing.Literal["_init", b"_init"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__init) -> _WhichOneofReturnType__init | None: ...
 
 Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
+
+@_typing.final
+class Mount(_message.Message):
+    """A filesystem mount (swarmkit's api/types.proto Mount, without the Windows and CSI kinds)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Type:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Mount._Type.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        BIND: Mount._Type.ValueType  # 0
+        VOLUME: Mount._Type.ValueType  # 1
+        TMPFS: Mount._Type.ValueType  # 2
+
+    class Type(_Type, metaclass=_TypeEnumTypeWrapper): ...
+    BIND: Mount.Type.ValueType  # 0
+    VOLUME: Mount.Type.ValueType  # 1
+    TMPFS: Mount.Type.ValueType  # 2
+
+    @_typing.final
+    class BindOptions(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        class _Propagation:
+            ValueType = _typing.NewType("ValueType", _builtins.int)
+            V: _TypeAlias = ValueType  # noqa: Y015
+
+        class _PropagationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Mount.BindOptions._Propagation.ValueType], _builtins.type):
+            DESCRIPTOR: _descriptor.EnumDescriptor
+            RPRIVATE: Mount.BindOptions._Propagation.ValueType  # 0
+            PRIVATE: Mount.BindOptions._Propagation.ValueType  # 1
+            RSHARED: Mount.BindOptions._Propagation.ValueType  # 2
+            SHARED: Mount.BindOptions._Propagation.ValueType  # 3
+            RSLAVE: Mount.BindOptions._Propagation.ValueType  # 4
+            SLAVE: Mount.BindOptions._Propagation.ValueType  # 5
+
+        class Propagation(_Propagation, metaclass=_PropagationEnumTypeWrapper): ...
+        RPRIVATE: Mount.BindOptions.Propagation.ValueType  # 0
+        PRIVATE: Mount.BindOptions.Propagation.ValueType  # 1
+        RSHARED: Mount.BindOptions.Propagation.ValueType  # 2
+        SHARED: Mount.BindOptions.Propagation.ValueType  # 3
+        RSLAVE: Mount.BindOptions.Propagation.ValueType  # 4
+        SLAVE: Mount.BindOptions.Propagation.ValueType  # 5
+
+        PROPAGATION_FIELD_NUMBER: _builtins.int
+        propagation: Global___Mount.BindOptions.Propagation.ValueType
+        def __init__(
+            self,
+            *,
+            propagation: Global___Mount.BindOptions.Propagation.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["propagation", b"propagation"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class VolumeOptions(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        @_typing.final
+        class LabelsEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.str
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.str = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        NOCOPY_FIELD_NUMBER: _builtins.int
+        LABELS_FIELD_NUMBER: _builtins.int
+        DRIVER_CONFIG_FIELD_NUMBER: _builtins.int
+        nocopy: _builtins.bool
+        @_builtins.property
+        def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+        @_builtins.property
+        def driver_config(self) -> Global___Driver: ...
+        def __init__(
+            self,
+            *,
+            nocopy: _builtins.bool = ...,
+            labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+            driver_config: Global___Driver | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["driver_config", b"driver_config"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_config", b"driver_config", "labels", b"labels", "nocopy", b"nocopy"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TmpfsOptions(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        SIZE_BYTES_FIELD_NUMBER: _builtins.int
+        MODE_FIELD_NUMBER: _builtins.int
+        size_bytes: _builtins.int
+        mode: _builtins.int
+        def __init__(
+            self,
+            *,
+            size_bytes: _builtins.int = ...,
+            mode: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "size_bytes", b"size_bytes"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    READONLY_FIELD_NUMBER: _builtins.int
+    BIND_OPTIONS_FIELD_NUMBER: _builtins.int
+    VOLUME_OPTIONS_FIELD_NUMBER: _builtins.int
+    TMPFS_OPTIONS_FIELD_NUMBER: _builtins.int
+    type: Global___Mount.Type.ValueType
+    source: _builtins.str
+    target: _builtins.str
+    readonly: _builtins.bool
+    @_builtins.property
+    def bind_options(self) -> Global___Mount.BindOptions: ...
+    @_builtins.property
+    def volume_options(self) -> Global___Mount.VolumeOptions: ...
+    @_builtins.property
+    def tmpfs_options(self) -> Global___Mount.TmpfsOptions: ...
+    def __init__(
+        self,
+        *,
+        type: Global___Mount.Type.ValueType = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        readonly: _builtins.bool = ...,
+        bind_options: Global___Mount.BindOptions | None = ...,
+        volume_options: Global___Mount.VolumeOptions | None = ...,
+        tmpfs_options: Global___Mount.TmpfsOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bind_options", b"bind_options", "tmpfs_options", b"tmpfs_options", "volume_options", b"volume_options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bind_options", b"bind_options", "readonly", b"readonly", "source", b"source", "target", b"target", "tmpfs_options", b"tmpfs_options", "type", b"type", "volume_options", b"volume_options"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Mount: _TypeAlias = Mount  # noqa: Y015
+
+@_typing.final
+class Driver(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "options", b"options"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Driver: _TypeAlias = Driver  # noqa: Y015
 
 @_typing.final
 class TaskSpec(_message.Message):
@@ -489,6 +799,7 @@ class TaskSpec(_message.Message):
     RESTART_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
     FORCE_UPDATE_FIELD_NUMBER: _builtins.int
+    LOG_DRIVER_FIELD_NUMBER: _builtins.int
     force_update: _builtins.int
     @_builtins.property
     def container(self) -> Global___ContainerSpec: ...
@@ -500,6 +811,10 @@ class TaskSpec(_message.Message):
 
     @_builtins.property
     def placement(self) -> Global___Placement: ...
+    @_builtins.property
+    def log_driver(self) -> Global___Driver:
+        """absent: the engine's default driver"""
+
     def __init__(
         self,
         *,
@@ -508,10 +823,11 @@ class TaskSpec(_message.Message):
         restart: Global___RestartPolicy | None = ...,
         placement: Global___Placement | None = ...,
         force_update: _builtins.int = ...,
+        log_driver: Global___Driver | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "log_driver", b"log_driver", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "log_driver", b"log_driver", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

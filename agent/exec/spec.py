@@ -16,6 +16,8 @@ LABEL_SERVICE_ID = "minisw.service.id"
 LABEL_SERVICE_NAME = "minisw.service.name"
 LABEL_NODE = "minisw.node.id"
 _PROTO = {0: "tcp", 1: "udp", 2: "sctp"}
+_MOUNT_TYPE = {pb.Mount.BIND: "bind", pb.Mount.VOLUME: "volume", pb.Mount.TMPFS: "tmpfs"}
+_PROPAGATION = {v: n.lower() for n, v in pb.Mount.BindOptions.Propagation.items()}
 
 
 def container_name(task: pb.Task) -> str:
@@ -31,6 +33,56 @@ def stop_grace(task: pb.Task) -> float:
 
 def _ns(d: Any) -> int:
     return int(d.ToNanoseconds())
+
+
+def engine_mount(m: pb.Mount) -> dict[str, Any]:
+    """A mount as the Engine API's HostConfig.Mounts entry (what swarmkit's executor sends)."""
+    out: dict[str, Any] = {"Type": _MOUNT_TYPE[m.type], "Target": m.target, "ReadOnly": m.readonly}
+    if m.source:
+        out["Source"] = m.source
+    if m.HasField("bind_options"):
+        out["BindOptions"] = {"Propagation": _PROPAGATION[m.bind_options.propagation]}
+    if m.HasField("volume_options"):
+        vo = m.volume_options
+        volume: dict[str, Any] = {"NoCopy": vo.nocopy, "Labels": dict(vo.labels)}
+        if vo.HasField("driver_config"):
+            volume["DriverConfig"] = {"Name": vo.driver_config.name, "Options": dict(vo.driver_config.options)}
+        out["VolumeOptions"] = volume
+    if m.HasField("tmpfs_options"):
+        tmpfs: dict[str, Any] = {}
+        if m.tmpfs_options.size_bytes:
+            tmpfs["SizeBytes"] = m.tmpfs_options.size_bytes
+        if m.tmpfs_options.mode:
+            tmpfs["Mode"] = m.tmpfs_options.mode
+        out["TmpfsOptions"] = tmpfs
+    return out
+
+
+def _container_options(c: pb.ContainerSpec, kwargs: dict[str, Any]) -> None:
+    if c.mounts:
+        kwargs["mounts"] = [engine_mount(m) for m in c.mounts]
+    if c.hosts:
+        # swarmkit keeps /etc/hosts lines ("IP name [aliases]"); Docker wants "name:IP" per name
+        kwargs["extra_hosts"] = [
+            f"{name}:{ip}" for ip, *names in (h.split() for h in c.hosts if h.strip()) for name in names
+        ]
+    dns = c.dns_config
+    if dns.nameservers:
+        kwargs["dns"] = list(dns.nameservers)
+    if dns.search:
+        kwargs["dns_search"] = list(dns.search)
+    if dns.options:
+        kwargs["dns_opt"] = list(dns.options)
+    if c.pids_limit:
+        kwargs["pids_limit"] = c.pids_limit
+    if c.sysctls:
+        kwargs["sysctls"] = dict(c.sysctls)
+    if c.capability_add:
+        kwargs["cap_add"] = list(c.capability_add)
+    if c.capability_drop:
+        kwargs["cap_drop"] = list(c.capability_drop)
+    if c.ulimits:
+        kwargs["ulimits"] = [{"name": u.name, "soft": u.soft, "hard": u.hard} for u in c.ulimits]
 
 
 def create_kwargs(task: pb.Task, node_addr: str) -> dict[str, Any]:
@@ -71,9 +123,13 @@ def create_kwargs(task: pb.Task, node_addr: str) -> dict[str, Any]:
         kwargs["init"] = c.init
     if c.stop_signal:
         kwargs["stop_signal"] = c.stop_signal
+    _container_options(c, kwargs)
+    if task.spec.HasField("log_driver") and task.spec.log_driver.name:
+        kwargs["log_config"] = {"type": task.spec.log_driver.name, "config": dict(task.spec.log_driver.options)}
     if c.HasField("healthcheck") and c.healthcheck.test:
         hc = c.healthcheck
         health: dict[str, Any] = {"test": list(hc.test)}
+        # start_interval is not passed: the Docker SDK's Healthcheck drops it (Engine API >= 1.44)
         for field in ("interval", "timeout", "start_period"):
             if hc.HasField(field):  # type: ignore[arg-type]
                 health[field] = _ns(getattr(hc, field))

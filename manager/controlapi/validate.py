@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import posixpath
 import re
 
 from minisw.manager.errors import InvalidArgument
@@ -77,7 +79,7 @@ def validate_task_spec(task: pb.TaskSpec) -> None:
         if not pref.spread.spread_descriptor:
             raise InvalidArgument("placement preference must be spread=<descriptor>")
     hc = task.container.healthcheck
-    for name in ("interval", "timeout", "start_period"):
+    for name in ("interval", "timeout", "start_period", "start_interval"):
         if hc.HasField(name):
             ns = getattr(hc, name).ToNanoseconds()
             if ns != 0 and ns < 1_000_000:
@@ -88,6 +90,48 @@ def validate_task_spec(task: pb.TaskSpec) -> None:
         task.container.stop_grace_period if task.container.HasField("stop_grace_period") else None,
         "stop-grace-period",
     )
+    _validate_mounts(task.container.mounts)
+    _validate_hosts_and_limits(task.container)
+
+
+def _validate_mounts(mounts: object) -> None:
+    """swarmkit's duplicate check, then the checks Docker's executor makes before it creates the
+    container (daemon/cluster/executor/container/validate.go), made here so a bad mount is refused
+    at once instead of every task being rejected."""
+    seen: set[str] = set()
+    for m in mounts:  # type: ignore[attr-defined]
+        if m.target in seen:
+            raise InvalidArgument(f"ContainerSpec: duplicate mount point: {m.target}")
+        seen.add(m.target)
+        if not posixpath.isabs(m.target):
+            raise InvalidArgument(f"invalid mount target, must be an absolute path: {m.target}")
+        if m.type == pb.Mount.BIND and not posixpath.isabs(m.source):
+            raise InvalidArgument(f"invalid bind mount source, must be an absolute path: {m.source}")
+        if m.type == pb.Mount.VOLUME and posixpath.isabs(m.source):
+            raise InvalidArgument(f"invalid volume mount source, must not be an absolute path: {m.source}")
+        if m.type == pb.Mount.TMPFS and m.source:
+            raise InvalidArgument("invalid tmpfs source, source must be empty")
+
+
+def _validate_hosts_and_limits(c: pb.ContainerSpec) -> None:
+    for entry in c.hosts:
+        parts = entry.split()
+        ok = len(parts) >= 2
+        if ok and parts[0] != "host-gateway":
+            try:
+                ipaddress.ip_address(parts[0])
+            except ValueError:
+                ok = False
+        if not ok:
+            raise InvalidArgument(
+                f'ContainerSpec: invalid host entry "{entry}": expected "IP_address hostname [aliases...]"'
+            )
+    for u in c.ulimits:
+        if u.hard != -1 and u.soft > u.hard:
+            raise InvalidArgument(
+                f"ContainerSpec: ulimit {u.name}: soft limit must be less than or equal to hard limit: "
+                f"{u.soft} > {u.hard}"
+            )
 
 
 def _validate_update(cfg: pb.UpdateConfig, flag: str) -> None:
