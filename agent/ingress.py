@@ -14,6 +14,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import random
 from collections.abc import Iterable
 
 from minisw.proto import dispatcher_pb2 as dpb
@@ -31,7 +32,8 @@ class _Listener:
     def __init__(self, port: int) -> None:
         self.port = port
         self.backends: list[str] = []
-        self._turn = itertools.count()
+        # Each node starts its round-robin at a different task, so one-shot clients spread too.
+        self._turn = itertools.count(random.randrange(1 << 16))
         self.server: asyncio.Server | None = None
 
     def order(self) -> list[str]:

@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# Set up, start the default local cluster (3 managers, 2 workers, all on this machine), deploy
-# the seed walkthrough's service with a published port, and show that it answers.
+# Set up, start the default local cluster (3 managers and 2 workers, each a separate host: a
+# network namespace with its own Docker daemon), deploy the seed walkthrough's service with a
+# published port, and show that every host answers on it, hosts that run none of its tasks too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-minisw dev up --managers 3 --workers 2
+minisw dev up --hosts --managers 3 --workers 2
 minisw service rm web >/dev/null 2>&1 || true
 minisw service create --name web --replicas 3 --publish 8080:80 minisw/web:1
 minisw service ls
 minisw service ps web
-for host in 127.77.0.11 127.77.1.11 127.77.1.12; do
-    printf '%s:8080 -> ' "$host"
-    python3 -c "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().strip())" "http://$host:8080/"
-done
+status=$(minisw dev status --json)
+# One line per host: its address, what answers on :8080 there, and its own daemon's containers.
+python3 - "$status" <<'PY'
+import json, subprocess, sys, urllib.request
+
+rows = json.loads(sys.argv[1])
+for row in (r for r in rows if r["role"] == "agent"):
+    answer = urllib.request.urlopen(f"http://{row['address']}:8080/", timeout=5).read().decode().strip()
+    names = subprocess.run(
+        ["docker", "-H", row["docker_host"], "ps", "--format", "{{.Names}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    runs = ", ".join(sorted(n.rsplit(".", 1)[0] for n in names)) or "no task"
+    print(f"{row['name']:<9} {row['address']}:8080 -> {answer:<28}  its dockerd runs: {runs}")
+PY
 echo "The cluster keeps running: try \`minisw service scale web=5\`, \`minisw service update --image minisw/web:2 web\`,"
-echo "\`minisw service rollback web\`; stop it with \`minisw dev down\`."
+echo "\`minisw service rollback web\`, \`minisw dev kill worker1\`; stop it with \`minisw dev down\`."
