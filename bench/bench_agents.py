@@ -1,13 +1,25 @@
-"""Agent benchmarks against Docker's own Swarm mode on the same daemon; prints one JSON object.
+"""Agent benchmarks against Docker's own Swarm mode; prints one JSON object. Every figure is the
+median of ``--runs`` runs, with its spread (see ``figures.py``).
 
-- ``create_20_seconds``: ``service create --replicas 20`` of minisw/web:1 until 20 tasks run;
+- ``create_<N>_seconds``: ``service create -d --replicas N`` of minisw/web:1 until N tasks run;
 - ``kill_to_replacement_seconds``: ``docker kill`` of one task's container until its
   replacement runs (default restart policy on both: 5 s delay);
 - ``dead_agent_seconds`` (minisw only): SIGKILL of an agent holding tasks until all of them run
   elsewhere.
 
-minisw runs 1 manager and 2 agents on loopback; Swarm runs as a one-node swarm (``docker swarm
-init``, left afterwards). Run: ``python bench/bench_agents.py`` (about two minutes).
+Both sides are driven the same way: each system's own CLI as a process (``minisw service create
+-d`` / ``docker service create -d --no-resolve-image``, then ``docker kill``), then polling its
+API every 20 ms. minisw runs 1 manager and 2 agents on loopback on the machine's daemon. Swarm
+runs as a one-node swarm three ways, to see what its executor spends on the registry pulls it
+tries before every task (there is no registry here; it falls back to the local image):
+
+- ``docker_swarm``: on the machine's daemon, as it comes;
+- ``docker_swarm_own_daemon``: on a daemon of the benchmark's own (``private_dockerd.py``), as it comes;
+- ``docker_swarm_prefer_offline``: the same with ``DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1``, which
+  skips the pull when the image is present.
+
+``failed_pulls`` counts the daemon's "pulling image failed" log lines (own daemons only).
+Run: ``python bench/bench_agents.py`` (about ten minutes; ``--replicas 4 --runs 1`` to try it).
 """
 
 from __future__ import annotations
@@ -22,24 +34,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import docker
-
-from minisw.proto import objects_pb2 as pb
+from bench.figures import figure, runs_parser
+from bench.private_dockerd import private_dockerd
+from bench.swarm_mode import SwarmMode
 from tests.support.cluster import Cluster, poll_until
 
-REPLICAS = 20
+PREFER_OFFLINE = {"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
 
 
-def _minisw(tmp: str) -> dict[str, float]:
-    c = Cluster(Path(tmp, "minisw"))
+def _minisw_run(tmp: str, replicas: int) -> dict[str, float]:
+    c = Cluster(Path(tmp))
     c.root.mkdir(parents=True)
     try:
         c.start_managers(1)
         c.add_agent()
         c.add_agent()
         t0 = time.monotonic()
-        c.cli_ok("service", "create", "-d", "--name", "bench", "--replicas", str(REPLICAS), "minisw/web:1")
-        poll_until(lambda: len(c.running_tasks("bench")) == REPLICAS, 120, interval=0.02)
+        c.cli_ok("service", "create", "-d", "--name", "bench", "--replicas", str(replicas), "minisw/web:1")
+        poll_until(lambda: len(c.running_tasks("bench")) == replicas, 120, interval=0.02)
         create = time.monotonic() - t0
 
         victim = c.running_tasks("bench")[0]
@@ -57,74 +69,77 @@ def _minisw(tmp: str) -> dict[str, float]:
         t0 = time.monotonic()
         doomed.kill()
         poll_until(
-            lambda: len([t for t in c.running_tasks("bench") if t.node_id != doomed_id]) == REPLICAS,
+            lambda: len([t for t in c.running_tasks("bench") if t.node_id != doomed_id]) == replicas,
             60,
             interval=0.05,
         )
         dead = time.monotonic() - t0
-        return {"create_20_seconds": create, "kill_to_replacement_seconds": replace, "dead_agent_seconds": dead}
+        return {
+            f"create_{replicas}_seconds": create,
+            "kill_to_replacement_seconds": replace,
+            "dead_agent_seconds": dead,
+        }
     finally:
         c.teardown()
 
 
-def _running(service: Any) -> list[dict[str, Any]]:
-    return [t for t in service.tasks() if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
+def _swarm_run(swarm: SwarmMode, replicas: int) -> dict[str, float]:
+    name = "minisw-bench"
+    t0 = time.monotonic()
+    swarm.cli(
+        "service", "create", "-d", "--no-resolve-image", "--name", name, "--replicas", str(replicas), "minisw/web:1"
+    )
+    poll_until(lambda: len(swarm.running(name)) == replicas, 180, interval=0.02)
+    create = time.monotonic() - t0
+
+    victim = swarm.running(name)[0]
+    t0 = time.monotonic()
+    swarm.cli("kill", victim["Status"]["ContainerStatus"]["ContainerID"])
+    poll_until(
+        lambda: any(t["Slot"] == victim["Slot"] and t["ID"] != victim["ID"] for t in swarm.running(name)),
+        60,
+        interval=0.02,
+    )
+    replace = time.monotonic() - t0
+    swarm.remove_service(name)
+    return {f"create_{replicas}_seconds": create, "kill_to_replacement_seconds": replace}
 
 
-def _victim(client: Any, service: Any) -> tuple[dict[str, Any], Any]:
-    """A running task whose container this daemon knows (task lists can lag behind containers)."""
-    for task in _running(service):
-        try:
-            return task, client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
-        except docker.errors.NotFound:
-            continue
-    raise RuntimeError("no running Swarm task has a container")
-
-
-def _swarm() -> dict[str, float]:
-    client = docker.from_env()
-    already = client.info().get("Swarm", {}).get("LocalNodeState") == "active"
-    if not already:
-        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
-    try:
-        t0 = time.monotonic()
-        service = client.services.create(
-            "minisw/web:1", name="minisw-bench", mode=docker.types.ServiceMode("replicated", REPLICAS)
-        )
-        poll_until(lambda: len(_running(service)) == REPLICAS, 180, interval=0.02)
-        create = time.monotonic() - t0
-        victim, container = _victim(client, service)
-        t0 = time.monotonic()
-        container.kill()
-        poll_until(
-            lambda: any(t["Slot"] == victim["Slot"] and t["ID"] != victim["ID"] for t in _running(service)),
-            60,
-            interval=0.02,
-        )
-        replace = time.monotonic() - t0
-        service.remove()
-        label = {"label": "com.docker.swarm.service.name=minisw-bench"}
-        poll_until(lambda: not client.api.containers(all=True, filters=label), 60)
-        return {"create_20_seconds": create, "kill_to_replacement_seconds": replace}
-    finally:
-        if not already:
-            client.swarm.leave(force=True)
-        client.close()
+def _swarm_runs(host: str | None, replicas: int, runs: int) -> list[dict[str, float]]:
+    with SwarmMode(host) as swarm:
+        return [_swarm_run(swarm, replicas) for _ in range(runs)]
 
 
 def main() -> None:
+    parser = runs_parser(__doc__ or "")
+    parser.add_argument("--replicas", type=int, default=20)
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        mine = _minisw(tmp)
-    theirs = _swarm()
+        mine = [_minisw_run(f"{tmp}/run{i}", args.replicas) for i in range(args.runs)]
+    theirs: dict[str, list[dict[str, float]]] = {"docker_swarm": _swarm_runs(None, args.replicas, args.runs)}
+    failed_pulls: dict[str, int] = {}
+    for variant, env in (("docker_swarm_own_daemon", {}), ("docker_swarm_prefer_offline", PREFER_OFFLINE)):
+        with private_dockerd("agents", ["minisw/web:1"], env) as daemon:
+            theirs[variant] = _swarm_runs(daemon.host, args.replicas, args.runs)
+            failed_pulls[variant] = daemon.log().count("pulling image failed")
+
+    def summary(runs: list[dict[str, float]]) -> dict[str, Any]:
+        return {key: figure((r[key] for r in runs), 2) for key in runs[0]}
+
     out: dict[str, Any] = {
-        "minisw": {k: round(v, 2) for k, v in mine.items()},
-        "docker_swarm": {k: round(v, 2) for k, v in theirs.items()},
-        "speedup": {k: round(theirs[k] / mine[k], 2) for k in theirs},
-        "targets": {"speedup": "> 1 on both", "dead_agent_seconds": "<= 10"},
+        "replicas": args.replicas,
+        "driven_by": "each system's CLI as a process, then its API polled every 20 ms",
+        "minisw": summary(mine),
+        **{variant: summary(runs) for variant, runs in theirs.items()},
+        "failed_pulls": failed_pulls,
+        "speedup_by_median": {
+            variant: {key: round(summary(runs)[key]["median"] / summary(mine)[key]["median"], 2) for key in runs[0]}
+            for variant, runs in theirs.items()
+        },
+        "targets": {"speedup_by_median.docker_swarm": "> 1 on both", "minisw.dead_agent_seconds": "<= 10"},
     }
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    _ = pb
     main()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import pickle
 import socket
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import grpc
@@ -15,7 +19,7 @@ from minisw.manager.ca import RootCA
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
 from minisw.proto.pki import MANAGER_OU, new_key_and_csr
-from tests.support.cluster import Cluster, poll_until
+from tests.support.cluster import Cluster, ManagerProc, poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -144,15 +148,75 @@ def test_a_removed_node_cannot_reconnect(cluster_factory: type) -> None:
     assert "removed from swarm" in agent.log_tail()
 
 
-def test_raft_port_ignores_strangers(cluster_factory: type) -> None:
+class _LeavesAMark:
+    """Unpickled, this object creates a file: the sign that a stranger's bytes ran as code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def _as_pysyncobj_frames(message: bytes) -> bytes:
+    """``message`` framed as pysyncobj sends it without encryption: native 4-byte length, zlib."""
+    body = zlib.compress(message, 3)
+    return struct.pack("i", len(body)) + body
+
+
+def _unpickle_as_pysyncobj_would(frame: bytes) -> object:
+    """What pysyncobj does with a frame when no password is set (the control for the test below)."""
+    (length,) = struct.unpack("i", frame[:4])
+    return pickle.loads(zlib.decompress(frame[4 : 4 + length]))
+
+
+def _close(unpickled: object) -> None:
+    assert isinstance(unpickled, io.IOBase)  # the file the payload opened
+    unpickled.close()
+
+
+def _stable_commit_index(manager: ManagerProc) -> tuple[int, int]:
+    """(commit index, term) once no write has committed for a second."""
+    last: list[tuple[int, int]] = []
+
+    def settled() -> bool:
+        info = manager.info()
+        now = (info.raft_commit_index, info.raft_term)
+        settled = bool(last) and last[-1] == now
+        last.append(now)
+        return settled
+
+    poll_until(settled, 15, interval=1.0, what="no more commits")
+    return last[-1]
+
+
+def test_raft_port_ignores_strangers(cluster_factory: type, tmp_path: Path) -> None:
     c: Cluster = cluster_factory().start_managers(1)
     c.cli_ok("service", "create", "-d", "--name", "web", "minisw/web:1")
-    before = c.managers[0].info().raft_commit_index
-    host, _, port = c.managers[0].addr.rpartition(":")
-    import pickle
+    manager = c.managers[0]
+    mark = tmp_path / "unpickled-by-the-manager"
+    evil = pickle.dumps(_LeavesAMark(mark))
+    framed = _as_pysyncobj_frames(evil)
+    # The control: these bytes leave the mark when they reach pickle.loads, framed or raw.
+    _close(_unpickle_as_pysyncobj_would(framed))
+    assert mark.exists()
+    mark.unlink()
+    _close(pickle.loads(evil))
+    assert mark.exists()
+    mark.unlink()
 
-    evil = pickle.dumps({"type": "append_entries", "term": 99, "entries": [], "commit_index": 10**6})
-    for payload in (b"\x00" * 64, len(evil).to_bytes(4, "big") + evil, b"GET / HTTP/1.0\r\n\r\n"):
+    before = _stable_commit_index(manager)
+    tasks_before = {t.id: t.meta.version.index for t in c.tasks("web")}
+    host, _, port = manager.addr.rpartition(":")
+    payloads = {
+        "raw pickle": evil,
+        "pysyncobj frame": framed,
+        "frame without zlib": struct.pack("i", len(evil)) + evil,
+        "two frames": framed + framed,
+        "zeros": b"\x00" * 64,
+        "http": b"GET / HTTP/1.0\r\n\r\n",
+    }
+    for what, payload in payloads.items():
         with socket.create_connection((host, int(port) + 1), timeout=3) as s:
             s.sendall(payload)
             s.settimeout(1)
@@ -160,8 +224,14 @@ def test_raft_port_ignores_strangers(cluster_factory: type) -> None:
                 answer = s.recv(1024)
             except (TimeoutError, ConnectionError):
                 answer = b""
-        assert b"append" not in answer and b"services" not in answer
-    info = c.managers[0].info()
-    assert c.managers[0].running()
-    assert info.raft_term == 1 or info.raft_commit_index >= before
+        assert b"append" not in answer and b"services" not in answer, what
+        assert not mark.exists(), f"the manager unpickled the {what}"
+    time.sleep(1)
+    assert not mark.exists()
+    assert manager.running()
+    info = manager.info()
+    assert (info.raft_commit_index, info.raft_term) == before
+    assert {t.id: t.meta.version.index for t in c.tasks("web")} == tasks_before
     assert [r["Name"] for r in c.cli_json("service", "ls", "--format", "json")] == ["web"]
+    c.cli_ok("service", "scale", "-d", "web=2")  # and Raft still commits
+    assert manager.info().raft_commit_index > before[0]

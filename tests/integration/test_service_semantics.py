@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from minisw.proto import objects_pb2 as pb
+from minisw.proto.timeutil import ts_seconds
 from tests.support.cluster import Cluster, poll_until, sampling
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -207,6 +208,17 @@ def test_rolling_update_parallelism_history_and_manual_rollback_twice(cluster_fa
     assert sizes[-1] == 6
     assert all(b - a <= 2 for a, b in itertools.pairwise(sizes)), sizes
     assert len({s for s in sizes if s > 0}) >= 3, sizes
+    # --update-delay 2s: each of the two update workers waits 2 s after its new task runs before
+    # it takes the next slot. So when a new task is created, at most one earlier new task (the
+    # other worker's) has been running for less than 2 s: the gap from the second-latest start
+    # among the earlier new tasks to the creation is the delay.
+    new = sorted(c.running_tasks("web"), key=lambda t: ts_seconds(t.meta.created_at))
+    assert len(new) == 6 and all(t.spec.container.image == "minisw/web:2" for t in new)
+    gaps = []
+    for i, task in enumerate(new[2:], start=2):
+        started = sorted((ts_seconds(t.status.timestamp) for t in new[:i]), reverse=True)
+        gaps.append(round(ts_seconds(task.meta.created_at) - started[1], 3))
+    assert min(gaps) >= 2.0, gaps
     body = urllib.request.urlopen(f"http://{w1.host}:8080/", timeout=3).read().decode()
     assert body.startswith("minisw/web:2 ")
     ps = c.cli_ok("service", "ps", "web")
@@ -240,15 +252,16 @@ def test_start_first_update_keeps_old_task_until_new_runs(cluster_factory: type)
         "1s",
         "minisw/web:1",
     )
-    most = [0]
+    counts: list[int] = []
 
     def watch() -> None:
-        running = [t for t in c.tasks("web") if t.status.state == pb.RUNNING]
-        most[0] = max(most[0], len(running))
+        counts.append(len([t for t in c.tasks("web") if t.status.state == pb.RUNNING]))
 
     with sampling(watch, 0.02):
         c.cli_ok("service", "update", "--image", "minisw/web:2", "web")
-    assert most[0] == 3  # old and new side by side in one slot, never fewer than 2 running
+    assert len(counts) >= 20, counts  # sampled all through the update
+    assert min(counts) >= 2, counts  # the old task stops only once its successor runs
+    assert max(counts) == 3  # old and new side by side in one slot
     assert set(_image_by_slot(c).values()) == {"minisw/web:2"}
 
 
