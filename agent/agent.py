@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "agent.json"
 MANAGER_NODE_ID_FILE = "node_id"  # written by a manager sharing this data dir
+MANAGER_STATE_FILE = "manager.json"  # likewise
 BACKOFF_START, BACKOFF_MAX = 0.1, 8.0
 
 
@@ -112,7 +113,13 @@ class Agent:
             self._state.save(self.config.data_dir)
         self._executor.node_id = reg.node_id
         self._was_registered = True
-        self._promotion.desired(reg.desired_role, self._manager_addrs)
+        # A manager node whose manager shares this data directory (as `minisw dev` and the Vagrant
+        # units run them) already has its manager: only a promoted worker starts one.
+        if not self._beside_its_manager():
+            self._promotion.desired(reg.desired_role, self._manager_addrs)
+
+    def _beside_its_manager(self) -> bool:
+        return os.path.exists(os.path.join(self.config.data_dir, MANAGER_STATE_FILE))
 
     async def _ensure_certificate(self) -> None:
         """Join with the token the first time; afterwards the certificate is this node's identity."""

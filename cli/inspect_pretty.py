@@ -1,12 +1,17 @@
-"""``service inspect --pretty``: docker's human-friendly template. Pure."""
+"""``service inspect --pretty`` and ``node inspect --pretty``: docker's human-friendly templates. Pure."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from minisw.cli.units import format_duration
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.engine import rfc3339
 
-__all__ = ["pretty_service"]
+__all__ = ["pretty_node", "pretty_service"]
 
 _FAILURE = {0: "pause", 1: "continue", 2: "rollback"}
 _ORDER = {0: "stop-first", 1: "start-first"}
@@ -20,6 +25,7 @@ _UPDATE_STATE = {
 }
 _PROTO = {0: "tcp", 1: "udp", 2: "sctp"}
 _PUBLISH = {0: "ingress", 1: "host"}
+_MOUNT_TYPE = {0: "bind", 1: "volume", 2: "tmpfs"}
 
 
 def _update_block(title: str, cfg: pb.UpdateConfig, order_word: str) -> list[str]:
@@ -33,14 +39,52 @@ def _update_block(title: str, cfg: pb.UpdateConfig, order_word: str) -> list[str
     return lines
 
 
-def _resources(title: str, r: pb.Resources) -> list[str]:
-    if not (r.nano_cpus or r.memory_bytes):
+def _resources(title: str, r: pb.Resources, pids: int = 0) -> list[str]:
+    if not (r.nano_cpus or r.memory_bytes or pids):
         return []
     lines = [f" {title}:"]
     if r.nano_cpus:
         lines.append(f"  CPU:\t\t{r.nano_cpus / 1e9:g}")
     if r.memory_bytes:
         lines.append(f"  Memory:\t{_bytes(r.memory_bytes)}")
+    if pids:
+        lines.append(f"  PIDs:\t\t{pids}")
+    return lines
+
+
+def _container_extras(task: pb.TaskSpec) -> list[str]:
+    """docker's Capabilities, SysCtls, Ulimits, Mounts and Log Driver blocks."""
+    c = task.container
+    lines: list[str] = []
+    if c.capability_add or c.capability_drop:
+        lines.append("Capabilities:")
+        if c.capability_add:
+            lines.append(f" Add: {', '.join(c.capability_add)}")
+        if c.capability_drop:
+            lines.append(f" Drop: {', '.join(c.capability_drop)}")
+    if c.sysctls:
+        lines.append("SysCtls:")
+        lines += [f" {k}: {v}" if v else f" {k}" for k, v in sorted(c.sysctls.items())]
+    if c.ulimits:
+        lines.append("Ulimits:")
+        lines += [f" {u.name}: {u.soft}:{u.hard}" for u in sorted(c.ulimits, key=lambda u: u.name)]
+    if c.mounts:
+        lines.append("Mounts:")
+    for m in c.mounts:
+        lines += [
+            f" Target:\t{m.target}",
+            f"  Source:\t{m.source}",
+            f"  ReadOnly:\t{str(m.readonly).lower()}",
+            f"  Type:\t\t{_MOUNT_TYPE[m.type]}",
+        ]
+    if task.HasField("log_driver"):
+        lines.append("Log Driver:")
+        if task.log_driver.name:
+            lines.append(f" Name:\t\t{task.log_driver.name}")
+        if task.log_driver.options:
+            lines.append(" LogOpts:")
+            lines += [f"  {k}:       {v}" if v else f"  {k}" for k, v in sorted(task.log_driver.options.items())]
+        lines.append("")  # docker's template leaves a blank line after this block
     return lines
 
 
@@ -96,8 +140,9 @@ def pretty_service(s: pb.Service) -> str:
         lines.append(f" Init:\t\t{str(c.init).lower()}")
     if c.user:
         lines.append(f" User: {c.user}")
+    lines += _container_extras(spec.task)
     res = spec.task.resources
-    block = _resources("Reservations", res.reservations) + _resources("Limits", res.limits)
+    block = _resources("Reservations", res.reservations) + _resources("Limits", res.limits, c.pids_limit)
     if block:
         lines += ["Resources:", *block]
     lines.append(f"Endpoint Mode:\t{'dnsrr' if spec.endpoint.mode else 'vip'}")
@@ -121,4 +166,68 @@ def pretty_service(s: pb.Service) -> str:
         ]
         if len(hc.test) > 1 and hc.test[0] in ("CMD", "CMD-SHELL"):
             lines += ["  Tests:", *[f"\t Test = {t}" for t in hc.test[1:]]]
+    return "\n".join(lines).expandtabs(8) + "\n"
+
+
+# ---- node inspect --pretty (docker/cli node/formatter.go nodeInspectPrettyTemplate) ------------
+_NODE_STATE = {0: "unknown", 1: "down", 2: "ready", 3: "disconnected"}
+_AVAILABILITY = {0: "active", 1: "pause", 2: "drain"}
+_REACHABILITY = {0: "unknown", 1: "unreachable", 2: "reachable"}
+
+
+def _go_pretty(text: str) -> str:
+    """docker's formatter.PrettyPrint: first letter up, the rest down."""
+    return text.lower() if len(text) < 2 else text[0].upper() + text[1:].lower()
+
+
+def go_time(ts: Timestamp) -> str:
+    """Go's ``time.Time.String()`` of a UTC time, through PrettyPrint: ``2009-11-10 23:00:00.5 +0000 utc``."""
+    whole = datetime.fromtimestamp(ts.seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    fraction = f"{ts.nanos:09d}".rstrip("0")
+    return _go_pretty(f"{whole}{'.' + fraction if fraction else ''} +0000 UTC")
+
+
+def _key_values(pairs: Mapping[str, str]) -> list[str]:
+    return [f" - {k}={v}" if v else f" - {k}" for k, v in sorted(pairs.items())]
+
+
+def pretty_node(n: pb.Node) -> str:
+    """One node as docker's template prints it; the tabs land every value on column 24."""
+    d = n.description
+    lines = [f"ID:\t\t\t{n.id}"]
+    if n.spec.annotations.name:
+        lines.append(f"Name:\t\t\t{n.spec.annotations.name}")
+    if n.spec.annotations.labels:
+        lines += ["Labels:", *_key_values(n.spec.annotations.labels)]
+    lines += [
+        f"Hostname:              \t{d.hostname}",
+        f"Joined at:             \t{go_time(n.meta.created_at)}",
+        "Status:",
+        f" State:\t\t\t{_go_pretty(_NODE_STATE[n.status.state])}",
+    ]
+    if n.status.message:
+        lines.append(f" Message:              \t{_go_pretty(n.status.message)}")
+    lines.append(f" Availability:         \t{_go_pretty(_AVAILABILITY[n.spec.availability])}")
+    if n.status.addr:
+        lines.append(f" Address:\t\t{n.status.addr}")
+    if n.role == pb.MANAGER:
+        ms = n.manager_status
+        lines += [
+            "Manager Status:",
+            f" Address:\t\t{ms.addr}",
+            f" Raft Status:\t\t{_go_pretty(_REACHABILITY[ms.reachability])}",
+            f" Leader:\t\t{'Yes' if ms.leader else 'No'}",
+        ]
+    memory = _bytes(d.resources.memory_bytes) if d.resources.memory_bytes else ""
+    lines += [
+        "Platform:",
+        f" Operating System:\t{d.platform.os}",
+        f" Architecture:\t\t{d.platform.architecture}",
+        "Resources:",
+        f" CPUs:\t\t\t{d.resources.nano_cpus // 1_000_000_000}",
+        f" Memory:\t\t{memory}",
+        f"Engine Version:\t\t{d.engine.engine_version}",
+    ]
+    if d.engine.labels:
+        lines += ["Engine Labels:", *_key_values(d.engine.labels)]
     return "\n".join(lines).expandtabs(8) + "\n"

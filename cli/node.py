@@ -1,4 +1,4 @@
-"""``minisw node ...``: list, inspect, update and remove nodes."""
+"""``minisw node ...``: list, inspect, update and remove nodes, and list their tasks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import click
 
 from minisw.cli.client import Client, DaemonError, PlainError
+from minisw.cli.inspect_pretty import pretty_node
 from minisw.cli.output import json_lines, natural_key, table
 from minisw.cli.specflags import split_kv
+from minisw.cli.tasklist import TaskFilters, print_tasks, self_node_id
 from minisw.proto import control_pb2 as api
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.engine import node_json
@@ -75,16 +77,28 @@ def ls(ctx: click.Context, quiet: bool, fmt: str | None) -> None:
         )
 
 
+def _node_ref(client: Client, ref: str) -> str:
+    """docker's node.Reference: ``self`` is the node of the manager that answers; the manager
+    resolves the rest (ID, hostname, ID prefix)."""
+    return self_node_id(client) if ref == "self" else ref
+
+
 @node.command()
-@click.argument("nodes", nargs=-1, required=True)
+@click.argument("nodes", nargs=-1, required=True, metavar="self|NODE [NODE...]")
+@click.option("--pretty", is_flag=True, help="Print the information in a human friendly format")
 @click.pass_context
-def inspect(ctx: click.Context, nodes: tuple[str, ...]) -> None:
+def inspect(ctx: click.Context, nodes: tuple[str, ...], pretty: bool) -> None:
     """Display detailed information on one or more nodes."""
     client = _client(ctx)
+    if pretty:
+        # Docker renders the template only once every node is found; the first error stops it.
+        shown = [client.call("GetNode", api.GetNodeRequest(node_id=_node_ref(client, ref))).node for ref in nodes]
+        click.echo("".join(pretty_node(n) for n in shown), nl=False)
+        return
     found, missing = [], []
     for ref in nodes:
         try:
-            found.append(client.call("GetNode", api.GetNodeRequest(node_id=ref)).node)
+            found.append(client.call("GetNode", api.GetNodeRequest(node_id=_node_ref(client, ref))).node)
         except DaemonError as err:
             if "not found" not in err.message:
                 raise
@@ -92,6 +106,41 @@ def inspect(ctx: click.Context, nodes: tuple[str, ...]) -> None:
     click.echo(json.dumps([node_json(n) for n in found], indent=4))
     if missing:
         raise click.ClickException("\n".join(f"no such node: {m}" for m in missing))
+
+
+@node.command()
+@click.argument("nodes", nargs=-1, metavar="[NODE...]")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output")
+@click.option("--no-resolve", is_flag=True, help="Do not map IDs to Names")
+@click.option("-f", "--filter", "filters", multiple=True, help="Filter output (desired-state=, id=, name=, node=)")
+@click.option("--format", "fmt", help="Format output: json prints one JSON object per line")
+@click.option("-q", "--quiet", is_flag=True, help="Only display task IDs")
+@click.pass_context
+def ps(
+    ctx: click.Context,
+    nodes: tuple[str, ...],
+    no_trunc: bool,
+    no_resolve: bool,
+    filters: tuple[str, ...],
+    fmt: str | None,
+    quiet: bool,
+) -> None:
+    """List tasks running on one or more nodes, defaults to current node."""
+    client = _client(ctx)
+    wanted = TaskFilters(client, filters)
+    tasks: list[pb.Task] = []
+    errors: list[str] = []
+    for ref in nodes or ("self",):
+        try:
+            found = client.call("GetNode", api.GetNodeRequest(node_id=_node_ref(client, ref))).node
+            tasks += client.call("ListTasks", wanted.request_for(node_ids=[found.id])).tasks
+        except DaemonError as err:
+            errors.append(err.format_message())
+    # As docker's: the tasks found are printed even when some node was not.
+    if not errors or tasks:
+        print_tasks(client, wanted.keep(tasks), no_resolve=no_resolve, no_trunc=no_trunc, quiet=quiet, fmt=fmt)
+    if errors:
+        raise PlainError("\n".join(errors))
 
 
 @node.command()

@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import click
+
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.model import task_name
 from minisw.proto.timeutil import ts_seconds
@@ -15,8 +17,10 @@ from minisw.proto.timeutil import ts_seconds
 __all__ = [
     "format_ports",
     "human_duration",
+    "is_json_format",
     "json_lines",
     "natural_key",
+    "service_mode",
     "service_rows",
     "table",
     "task_rows",
@@ -36,6 +40,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         cells = [cell.ljust(widths[i] + 3) if i < len(row) - 1 else cell for i, cell in enumerate(row)]
         lines.append("".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def is_json_format(fmt: str | None) -> bool:
+    """``--format``: absent (the table) or json; Go templates are not supported."""
+    if fmt is None:
+        return False
+    if fmt.strip() in ("json", "{{json .}}"):
+        return True
+    raise click.BadParameter(f'unsupported format "{fmt}": use json', param_hint="--format")
 
 
 def json_lines(objects: Sequence[dict[str, Any]]) -> str:
@@ -103,18 +116,26 @@ def _image(ref: str) -> str:
     return ref.split("@", 1)[0]
 
 
+def service_mode(spec: pb.ServiceSpec) -> str:
+    """The MODE column (docker's formatter writes the job modes with a space, `replicated job`);
+    with a dash instead, the value `service ls --filter mode=` matches."""
+    mode = spec.WhichOneof("mode") or "replicated"
+    return mode.replace("_", " ")
+
+
 def service_rows(services: Sequence[pb.Service], statuses: Sequence[Any]) -> list[dict[str, str]]:
     """One dict per service with docker's `service ls` keys, sorted by name."""
     rows = []
     for service, status in zip(services, statuses, strict=True):
         spec = service.spec
-        if spec.HasField("global"):
-            mode = "global"
-        else:
-            mode = "replicated"
+        mode = service_mode(spec)
         replicas = f"{status.running_tasks}/{status.desired_tasks}"
         if spec.HasField("replicated") and spec.task.placement.max_replicas:
             replicas += f" (max {spec.task.placement.max_replicas} per node)"
+        elif spec.HasField("replicated_job"):  # docker's formatter: the job's progress, never max per node
+            replicas += f" ({status.completed_tasks}/{spec.replicated_job.total_completions} completed)"
+        elif spec.HasField("global_job"):
+            replicas += f" ({status.completed_tasks}/{status.desired_tasks + status.completed_tasks} completed)"
         rows.append(
             {
                 "ID": service.id[:12],

@@ -3,10 +3,12 @@
 Every 200 ms: read the service, its up-to-date tasks and the nodes; draw one line per slot (up
 to 20) and an overall count; once every task runs, wait the monitor period to see they stay up.
 On a terminal the lines are redrawn in place with bars; otherwise each changed line prints once.
+``-q`` waits all the same and only drops the drawing (docker discards the progress stream).
 """
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from typing import TextIO
@@ -93,9 +95,19 @@ def _slot_line(task: pb.Task, tty: bool) -> str:
     return f"{name:<9} {_bar(task.status.state)}" if tty else name
 
 
-def wait_for_service(client: Client, service_id: str, ref: str, out: TextIO | None = None) -> None:
-    """Block until the service converges; raise ConvergenceFailed if its update pauses."""
-    out = out or sys.stdout
+class _Discard(io.StringIO):
+    """Where the progress of ``-q`` goes."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def wait_for_service(
+    client: Client, service_id: str, ref: str, out: TextIO | None = None, *, quiet: bool = False
+) -> None:
+    """Block until the service converges; raise ConvergenceFailed if its update pauses.
+    ``quiet`` waits just as long and prints nothing; a pause still fails the command."""
+    out = _Discard() if quiet else (out or sys.stdout)
     screen = _Screen(out, out.isatty())
     stable_since: float | None = None
     rollback_announced = False

@@ -7,12 +7,25 @@ import re
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from minisw.cli.client import Client, DaemonError, PlainError
 from minisw.cli.inspect_pretty import pretty_service
-from minisw.cli.output import json_lines, service_rows, table, task_rows, with_history_marks
+from minisw.cli.logs import logs
+from minisw.cli.output import is_json_format, json_lines, service_mode, service_rows, table
 from minisw.cli.progress import wait_for_service
-from minisw.cli.specflags import apply_common_flags, config_options, parse_publish, split_kv
+from minisw.cli.specflags import (
+    apply_common_flags,
+    apply_mode,
+    config_options,
+    create_options,
+    mode_options,
+    parse_publish,
+    shell_words,
+    split_kv,
+    update_options,
+)
+from minisw.cli.tasklist import TaskFilters, print_tasks
 from minisw.proto import control_pb2 as api
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.engine import service_json
@@ -20,6 +33,10 @@ from minisw.proto.engine import service_json
 __all__ = ["service"]
 
 _SCALE = re.compile(r"^([^=]+)=(.*)$")
+# What `service ls --filter mode=` accepts (docker's daemon: an exact match).
+_MODES = ("replicated", "global", "replicated-job", "global-job")
+# `update --rollback` may come with these only (docker/cli service/update.go).
+_ROLLBACK_COMPANIONS = {"service_ref", "rollback", "detach", "quiet"}
 
 
 def _client(ctx: click.Context) -> Client:
@@ -31,20 +48,22 @@ def service() -> None:
     """Manage services."""
 
 
+service.add_command(logs)  # `service logs` lives in cli/logs.py
+
+
 # ---- create -------------------------------------------------------------------------------
 @service.command(context_settings={"ignore_unknown_options": False})
 @click.argument("image")
 @click.argument("command", nargs=-1)
 @click.option("--name", default="", help="Service name")
 @click.option("--replicas", type=click.IntRange(min=0), help="Number of tasks")
-@click.option("--mode", default="replicated", help='Service mode ("replicated" or "global") (default "replicated")')
+@mode_options
 @click.option("-p", "--publish", multiple=True, help="Publish a port as a node port")
 @click.option("-e", "--env", multiple=True, help="Set environment variables")
 @click.option("-l", "--label", multiple=True, help="Service labels")
 @click.option("--container-label", multiple=True, help="Container labels")
 @click.option("--constraint", multiple=True, help="Placement constraints")
 @click.option("--placement-pref", multiple=True, help="Add a placement preference")
-@click.option("--entrypoint", help="Overwrite the default ENTRYPOINT of the image")
 @click.option(
     "--auto-rebalance",
     type=bool,
@@ -52,22 +71,14 @@ def service() -> None:
     help="Move tasks onto nodes that join or come back (true|false; minisw only)",
 )
 @config_options
+@create_options
 @click.pass_context
 def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any) -> None:
     """Create a new service."""
     spec = pb.ServiceSpec()
     spec.annotations.name = o["name"] or _random_name()
     spec.task.container.image = image
-    if o["mode"] == "global":
-        if o["replicas"] is not None:
-            raise click.UsageError("replicas can only be used with replicated or replicated-job mode")
-        spec.CopyFrom(_with_global(spec))
-    elif o["mode"] == "replicated":
-        spec.replicated.replicas = 1 if o["replicas"] is None else o["replicas"]
-    else:
-        raise click.UsageError(f"Unknown mode: {o['mode']}, only replicated and global supported")
-    if o["entrypoint"]:
-        spec.task.container.command.extend(o["entrypoint"].split())
+    apply_mode(spec, o)
     spec.task.container.args.extend(command)  # docker: COMMAND and ARGs become the container's args
     for value in o["env"]:
         spec.task.container.env.append(value)
@@ -89,15 +100,8 @@ def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any
     client = _client(ctx)
     created = client.call("CreateService", api.CreateServiceRequest(spec=spec)).service
     click.echo(created.id)
-    if not (o["detach"] or o["quiet"]):
-        wait_for_service(client, created.id, created.id)
-
-
-def _with_global(spec: pb.ServiceSpec) -> pb.ServiceSpec:
-    out = pb.ServiceSpec()
-    out.CopyFrom(spec)
-    getattr(out, "global").SetInParent()
-    return out
+    if not o["detach"]:
+        wait_for_service(client, created.id, created.id, quiet=o["quiet"])
 
 
 def _placement_pref(value: str) -> pb.PlacementPreference:
@@ -124,11 +128,12 @@ def _random_name() -> str:
 @service.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only display IDs")
 @click.option("--format", "fmt", help="Format output: json prints one JSON object per line")
-@click.option("-f", "--filter", "filters", multiple=True, help="Filter output (id=, name=, label=)")
+@click.option("-f", "--filter", "filters", multiple=True, help="Filter output (id=, name=, label=, mode=)")
 @click.pass_context
 def ls(ctx: click.Context, quiet: bool, fmt: str | None, filters: tuple[str, ...]) -> None:
     """List services."""
     request = api.ListServicesRequest()
+    modes: set[str] = set()
     for f in filters:
         key, value = split_kv(f, "--filter")
         if key == "id":
@@ -138,14 +143,26 @@ def ls(ctx: click.Context, quiet: bool, fmt: str | None, filters: tuple[str, ...
         elif key == "label":
             lk, _, lv = value.partition("=")
             request.labels[lk] = lv
+        elif key == "mode":
+            if value not in _MODES:
+                raise click.BadParameter(
+                    f"invalid mode filter '{value}': use {', '.join(_MODES)}", param_hint="--filter"
+                )
+            modes.add(value)
         else:
             raise click.BadParameter(f"invalid filter '{key}'", param_hint="--filter")
     reply = _client(ctx).call("ListServices", request)
-    rows = service_rows(reply.services, reply.statuses)
+    # Docker's daemon, not swarmkit, applies the mode filter: an exact match on the mode's name.
+    kept = [
+        (service, status)
+        for service, status in zip(reply.services, reply.statuses, strict=True)
+        if not modes or service_mode(service.spec).replace(" ", "-") in modes
+    ]
+    rows = service_rows([service for service, _ in kept], [status for _, status in kept])
     if quiet:
         for row in rows:
             click.echo(row["ID"])
-    elif _is_json(fmt):
+    elif is_json_format(fmt):
         if rows:
             click.echo(json_lines(rows))
     else:
@@ -155,14 +172,6 @@ def ls(ctx: click.Context, quiet: bool, fmt: str | None, filters: tuple[str, ...
                 [[r["ID"], r["Name"], r["Mode"], r["Replicas"], r["Image"], r["Ports"]] for r in rows],
             )
         )
-
-
-def _is_json(fmt: str | None) -> bool:
-    if fmt is None:
-        return False
-    if fmt.strip() in ("json", "{{json .}}"):
-        return True
-    raise click.BadParameter(f'unsupported format "{fmt}": use json', param_hint="--format")
 
 
 def _resolve_service_ids(client: Client, refs: tuple[str, ...]) -> list[pb.Service]:
@@ -190,7 +199,7 @@ def _resolve_service_ids(client: Client, refs: tuple[str, ...]) -> list[pb.Servi
 @click.option("--no-trunc", is_flag=True, help="Do not truncate output")
 @click.option("--no-resolve", is_flag=True, help="Do not map IDs to Names")
 @click.option("--format", "fmt", help="Format output: json prints one JSON object per line")
-@click.option("-f", "--filter", "filters", multiple=True, help="Filter output (desired-state=, node=, id=)")
+@click.option("-f", "--filter", "filters", multiple=True, help="Filter output (desired-state=, id=, name=, node=)")
 @click.pass_context
 def ps(
     ctx: click.Context,
@@ -204,39 +213,16 @@ def ps(
     """List the tasks of one or more services."""
     client = _client(ctx)
     found = _resolve_service_ids(client, services)
-    request = api.ListTasksRequest(service_ids=[s.id for s in found])
-    for f in filters:
-        key, value = split_kv(f, "--filter")
-        if key == "desired-state":
-            try:
-                request.desired_states.append(pb.TaskState.Value(value.upper()))
-            except ValueError:
-                raise click.BadParameter(f"invalid desired-state '{value}'", param_hint="--filter") from None
-        elif key == "node":
-            request.node_ids.append(value)
-        elif key == "id":
-            request.id_prefixes.append(value)
-        else:
-            raise click.BadParameter(f"invalid filter '{key}'", param_hint="--filter")
-    tasks = client.call("ListTasks", request).tasks
-    nodes = client.call("ListNodes", api.ListNodesRequest()).nodes
-    node_names = {} if no_resolve else {n.id: n.description.hostname or n.id for n in nodes}
-    names = {s.id: s.spec.annotations.name for s in found}
-    rows = task_rows(tasks, names, node_names, no_trunc=no_trunc)
-    if quiet:
-        for row in rows:
-            click.echo(row["ID"])
-        return
-    if _is_json(fmt):
-        if rows:
-            click.echo(json_lines(rows))
-        return
-    cols = ["ID", "Name", "Image", "Node", "DesiredState", "CurrentState", "Error", "Ports"]
-    click.echo(
-        table(
-            ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"],
-            [[r[c] for c in cols] for r in with_history_marks(rows)],
-        )
+    wanted = TaskFilters(client, filters)
+    tasks = client.call("ListTasks", wanted.request_for(service_ids=[s.id for s in found])).tasks
+    # docker/cli service/ps.go: -q prints whole task IDs.
+    print_tasks(
+        client,
+        wanted.keep(tasks),
+        no_resolve=no_resolve,
+        no_trunc=no_trunc or quiet,
+        quiet=quiet,
+        fmt=fmt,
     )
 
 
@@ -294,12 +280,15 @@ def scale(ctx: click.Context, pairs: tuple[str, ...], detach: bool) -> None:
     for name, count in wanted:
         try:
             current = client.call("GetService", api.GetServiceRequest(service_id=name)).service
-            if not current.spec.HasField("replicated"):
+            if current.spec.WhichOneof("mode") not in ("replicated", "replicated_job"):
                 errors.append(f"{name}: scale can only be used with replicated or replicated-job mode")
                 continue
             spec = pb.ServiceSpec()
             spec.CopyFrom(current.spec)
-            spec.replicated.replicas = count
+            if spec.HasField("replicated_job"):
+                spec.replicated_job.total_completions = count  # docker: a job's scale is its completions
+            else:
+                spec.replicated.replicas = count
             client.call(
                 "UpdateService",
                 api.UpdateServiceRequest(service_id=current.id, service_version=current.meta.version, spec=spec),
@@ -356,19 +345,27 @@ def _apply_list_changes(target: Any, add: tuple[str, ...], rm: tuple[str, ...], 
     help="Move tasks onto nodes that join or come back (true|false; minisw only)",
 )
 @config_options
+@update_options
 @click.pass_context
 def update(ctx: click.Context, /, service_ref: str, **o: Any) -> None:
     """Update a service."""
     client = _client(ctx)
     current = client.call("GetService", api.GetServiceRequest(service_id=service_ref)).service
     if o["rollback"]:
+        others = [
+            name
+            for name in ctx.params
+            if name not in _ROLLBACK_COMPANIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        ]
+        if others:
+            raise PlainError("other flags may not be combined with --rollback")  # docker's words
         client.call(
             "UpdateService",
             api.UpdateServiceRequest(service_id=current.id, service_version=current.meta.version, rollback=True),
         )
         click.echo(service_ref)
-        if not (o["detach"] or o["quiet"]):
-            wait_for_service(client, current.id, service_ref)
+        if not o["detach"]:
+            wait_for_service(client, current.id, service_ref, quiet=o["quiet"])
         return
     spec = pb.ServiceSpec()
     spec.CopyFrom(current.spec)
@@ -381,7 +378,7 @@ def update(ctx: click.Context, /, service_ref: str, **o: Any) -> None:
         spec.replicated.replicas = o["replicas"]
     if o["args"] is not None:
         del c.args[:]
-        c.args.extend(o["args"].split())
+        c.args.extend(shell_words(o["args"], "--args"))
     _apply_list_changes(c.env, o["env_add"], o["env_rm"], key=lambda v: v.split("=", 1)[0])
     for value in o["label_add"]:
         k, v = split_kv(value, "--label-add")
@@ -429,8 +426,8 @@ def update(ctx: click.Context, /, service_ref: str, **o: Any) -> None:
         api.UpdateServiceRequest(service_id=current.id, service_version=current.meta.version, spec=spec),
     )
     click.echo(service_ref)
-    if not (o["detach"] or o["quiet"]):
-        wait_for_service(client, current.id, service_ref)
+    if not o["detach"]:
+        wait_for_service(client, current.id, service_ref, quiet=o["quiet"])
 
 
 def _target_of(value: str) -> int:
@@ -459,8 +456,8 @@ def rollback(ctx: click.Context, service_ref: str, detach: bool, quiet: bool) ->
         api.UpdateServiceRequest(service_id=current.id, service_version=current.meta.version, rollback=True),
     )
     click.echo(service_ref)
-    if not (detach or quiet):
-        wait_for_service(client, current.id, service_ref)
+    if not detach:
+        wait_for_service(client, current.id, service_ref, quiet=quiet)
 
 
 @service.command("rm")

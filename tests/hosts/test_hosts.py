@@ -58,6 +58,11 @@ def test_each_host_runs_its_tasks_and_every_host_answers(settled: HostsCluster) 
     names = hosts.node_names()
     per_node = collections.Counter(names[t.node_id] for t in running)
     assert "worker2" not in per_node
+    # One manager process per manager host (its agent does not start another), none on workers.
+    net = HostNet(str(hosts.directory), ipaddress.IPv4Network(hosts.subnet))
+    for node in hosts.nodes():
+        managers = [pid for pid in net.pids(node) if b"minisw.cli\0manager" in _cmdline(pid)]
+        assert len(managers) == (1 if node.startswith("manager") else 0), node
     # Each host's own daemon holds exactly the containers of the tasks on that node.
     for node, listed in containers_by_node(hosts).items():
         task_ids = sorted(c["Labels"]["minisw.task.id"] for c in listed)
@@ -168,6 +173,14 @@ def test_partition_and_pause(settled: HostsCluster) -> None:
     poll_until(lambda: "Down" in _node_line(hosts, "worker2"), 15, what="the paused worker marked down")
     hosts.resume("worker2")
     poll_until(lambda: "Ready" in _node_line(hosts, "worker2"), 15, what="the resumed worker ready again")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def _node_line(hosts: HostsCluster, name: str) -> str:
