@@ -52,7 +52,7 @@ service.add_command(logs)  # `service logs` lives in cli/logs.py
 
 
 # ---- create -------------------------------------------------------------------------------
-@service.command(context_settings={"ignore_unknown_options": False})
+@service.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
 @click.argument("image")
 @click.argument("command", nargs=-1)
 @click.option("--name", default="", help="Service name")
