@@ -118,6 +118,14 @@ class HostsCluster:
                 last = err
         raise AssertionError(f"no manager answered {method}: {last}")
 
+    def info(self, addr: str, timeout: float = 3) -> Any:
+        """Info from this very manager (its store digest is its own, never the leader's)."""
+        with operator_channel(addr, self.tls_dir) as channel:
+            return api_grpc.ControlStub(channel).Info(api.Empty(), timeout=timeout)
+
+    def process(self, node: str, role: str) -> dict[str, Any]:
+        return next(r for r in self.status() if r["name"] == node and r["role"] == role)
+
     def tasks(self, service: str) -> list[Any]:
         sid = self.stub_call("GetService", api.GetServiceRequest(service_id=service)).service.id
         return list(self.stub_call("ListTasks", api.ListTasksRequest(service_ids=[sid])).tasks)
@@ -130,17 +138,18 @@ class HostsCluster:
         listed = self.stub_call("ListNodes", api.ListNodesRequest()).nodes
         return {n.id: n.description.hostname for n in listed}
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, timeout: float = 120, at: str = "") -> subprocess.CompletedProcess[str]:
+        """``minisw ARGS`` against the manager at ``at`` (default: the first one running)."""
         return subprocess.run(
-            minisw_command("--host", ",".join(self.manager_addrs()[:1]), "--tls-dir", str(self.tls_dir), *args),
+            minisw_command("--host", at or self.manager_addrs()[0], "--tls-dir", str(self.tls_dir), *args),
             capture_output=True,
             text=True,
             env=self.env,
             timeout=timeout,
         )
 
-    def cli_ok(self, *args: str, timeout: float = 120) -> str:
-        result = self.cli(*args, timeout=timeout)
+    def cli_ok(self, *args: str, timeout: float = 120, at: str = "") -> str:
+        result = self.cli(*args, timeout=timeout, at=at)
         assert result.returncode == 0, f"minisw {' '.join(args)} failed: {result.stderr}"
         return result.stdout
 
