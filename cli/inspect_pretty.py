@@ -107,6 +107,8 @@ def pretty_service(s: pb.Service) -> str:
         lines += [f" {k}={v}" for k, v in sorted(spec.annotations.labels.items())]
     if spec.HasField("global"):
         lines.append("Service Mode:\tGlobal")
+    elif not spec.HasField("replicated"):
+        lines.append("Service Mode:")  # docker's template names neither job mode
     else:
         lines += ["Service Mode:\tReplicated", f" Replicas:\t{spec.replicated.replicas}"]
         if spec.auto_rebalance:

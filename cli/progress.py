@@ -113,6 +113,10 @@ def wait_for_service(
     rollback_announced = False
     while True:
         service = client.call("GetService", api.GetServiceRequest(service_id=service_id)).service
+        if service.HasField("job_status"):  # a job converges when it completes: cli/jobprogress.py
+            from minisw.cli.jobprogress import wait_for_job
+
+            return wait_for_job(client, service_id, screen)
         tasks = client.call("ListTasks", api.ListTasksRequest(service_ids=[service_id], up_to_date=True)).tasks
         nodes = client.call("ListNodes", api.ListNodesRequest()).nodes
         down = {n.id for n in nodes if n.status.state == pb.NodeStatus.DOWN}

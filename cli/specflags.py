@@ -30,8 +30,10 @@ from minisw.proto import objects_pb2 as pb
 
 __all__ = [
     "apply_common_flags",
+    "apply_mode",
     "config_options",
     "create_options",
+    "mode_options",
     "parse_publish",
     "shell_words",
     "split_kv",
@@ -220,6 +222,51 @@ def update_options(fn: F) -> F:
     return _add(fn, opts)
 
 
+def mode_options(fn: F) -> F:
+    """``service create``'s ``--mode`` and ``--max-concurrent`` (``--replicas`` is the caller's)."""
+    return _add(
+        fn,
+        [
+            click.option(
+                "--mode",
+                default="replicated",
+                help='Service mode ("replicated", "global", "replicated-job", "global-job") (default "replicated")',
+            ),
+            click.option(
+                "--max-concurrent",
+                type=click.IntRange(min=0),
+                help="Number of job tasks to run concurrently (default equal to --replicas)",
+            ),
+        ],
+    )
+
+
+def apply_mode(spec: pb.ServiceSpec, o: dict[str, Any]) -> None:
+    """Set the spec's mode from ``--mode``, ``--replicas`` and ``--max-concurrent`` with docker's
+    rules and texts (docker/cli service/opts.go ToServiceMode). For a replicated job ``--replicas``
+    is the number of completions and ``--max-concurrent`` defaults to it; without either, the
+    Engine API's defaults: max-concurrent 1, completions = max-concurrent."""
+    mode, replicas, concurrent = o["mode"], o["replicas"], o["max_concurrent"]
+    if mode not in ("replicated", "global", "replicated-job", "global-job"):
+        raise click.UsageError(f"Unknown mode: {mode}, only replicated and global supported")
+    if mode in ("global", "global-job") and replicas is not None:
+        raise click.UsageError("replicas can only be used with replicated or replicated-job mode")
+    if mode in ("global", "global-job") and o.get("replicas_max_per_node"):
+        raise click.UsageError("replicas-max-per-node can only be used with replicated or replicated-job mode")
+    if mode != "replicated-job" and concurrent is not None:
+        raise click.UsageError("max-concurrent can only be used with replicated-job mode")
+    if mode == "replicated":
+        spec.replicated.replicas = 1 if replicas is None else replicas
+    elif mode == "global":
+        getattr(spec, "global").SetInParent()
+    elif mode == "replicated-job":
+        concurrent = (1 if replicas is None else replicas) if concurrent is None else concurrent
+        spec.replicated_job.max_concurrent = concurrent
+        spec.replicated_job.total_completions = concurrent if replicas is None else replicas
+    else:
+        spec.global_job.SetInParent()
+
+
 def split_kv(value: str, flag: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not key:
@@ -325,6 +372,10 @@ def apply_common_flags(spec: pb.ServiceSpec, o: dict[str, Any], *, creating: boo
             o[f"{prefix}_{k}"] is not None
             for k in ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order")
         )
+        if spec.WhichOneof("mode") in ("replicated_job", "global_job"):
+            if given:  # a job's update is a new run of it, never a rolling update
+                raise click.UsageError("update and rollback configuration is not supported for jobs")
+            continue
         if not (creating or given):
             continue
         if not spec.HasField(prefix):

@@ -13,6 +13,7 @@ from minisw.manager.logbroker import LogService
 from minisw.manager.node import DEFAULT_HEARTBEAT_PERIOD, ManagerConfig, ManagerNode
 from minisw.manager.orchestrator.constraint_enforcer import ConstraintEnforcer
 from minisw.manager.orchestrator.globalmode import GlobalOrchestrator
+from minisw.manager.orchestrator.jobs import JobsOrchestrator
 from minisw.manager.orchestrator.reaper import TaskReaper
 from minisw.manager.orchestrator.replicated import ReplicatedOrchestrator
 from minisw.manager.scheduler.scheduler import Scheduler
@@ -50,6 +51,7 @@ def build_manager(config: ManagerConfig) -> ManagerNode:
             ("log-broker", lambda: logs.run_term(n.store)),
             ("replicated-orchestrator", ReplicatedOrchestrator(n.store).run),
             ("global-orchestrator", GlobalOrchestrator(n.store).run),
+            ("jobs-orchestrator", JobsOrchestrator(n.store).run),
             ("scheduler", Scheduler(n.store).run),
             ("constraint-enforcer", ConstraintEnforcer(n.store).run),
             ("task-reaper", TaskReaper(n.store).run),

@@ -5,7 +5,18 @@ from __future__ import annotations
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.constraints import node_matches
 
-__all__ = ["is_task_dirty", "is_terminal", "state_name", "task_name"]
+__all__ = [
+    "JOB_MODES",
+    "is_job",
+    "is_task_dirty",
+    "is_terminal",
+    "job_service_counts",
+    "of_current_iteration",
+    "state_name",
+    "task_name",
+]
+
+JOB_MODES = ("replicated_job", "global_job")
 
 
 def state_name(state: int) -> str:
@@ -14,6 +25,30 @@ def state_name(state: int) -> str:
 
 def is_terminal(task: pb.Task) -> bool:
     return task.status.state > pb.RUNNING
+
+
+def is_job(spec: pb.ServiceSpec) -> bool:
+    """A service whose tasks run to completion (replicated-job, global-job)."""
+    return spec.WhichOneof("mode") in JOB_MODES
+
+
+def of_current_iteration(service: pb.Service, task: pb.Task) -> bool:
+    """A job's task that belongs to the job's current run (tasks of earlier runs are history)."""
+    return task.HasField("job_iteration") and task.job_iteration.index == service.job_status.job_iteration.index
+
+
+def job_service_counts(service: pb.Service, tasks: list[pb.Task]) -> tuple[int, int, int]:
+    """A job's (running, desired, completed) as swarmkit's ListServiceStatuses counts them: tasks of
+    the current iteration only; desired is max-concurrent for a replicated job, and for a global
+    job the tasks still to complete."""
+    current = [t for t in tasks if of_current_iteration(service, t)]
+    running = sum(1 for t in current if t.status.state == pb.RUNNING)
+    completed = sum(1 for t in current if t.status.state == pb.COMPLETE)
+    if service.spec.HasField("replicated_job"):
+        desired = service.spec.replicated_job.max_concurrent
+    else:
+        desired = sum(1 for t in current if t.desired_state == pb.COMPLETE and t.status.state != pb.COMPLETE)
+    return running, desired, completed
 
 
 def is_task_dirty(service: pb.Service, task: pb.Task, node: pb.Node | None) -> bool:

@@ -1030,6 +1030,47 @@ class GlobalService(_message.Message):
 Global___GlobalService: _TypeAlias = GlobalService  # noqa: Y015
 
 @_typing.final
+class ReplicatedJob(_message.Message):
+    """A job runs its tasks to completion (exit 0) instead of keeping them running."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
+    TOTAL_COMPLETIONS_FIELD_NUMBER: _builtins.int
+    max_concurrent: _builtins.int
+    """at most this many tasks not yet complete at a time"""
+    total_completions: _builtins.int
+    """the job is done when this many tasks completed"""
+    def __init__(
+        self,
+        *,
+        max_concurrent: _builtins.int = ...,
+        total_completions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent", b"max_concurrent", "total_completions", b"total_completions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicatedJob: _TypeAlias = ReplicatedJob  # noqa: Y015
+
+@_typing.final
+class GlobalJob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GlobalJob: _TypeAlias = GlobalJob  # noqa: Y015
+
+@_typing.final
 class ServiceSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1037,6 +1078,8 @@ class ServiceSpec(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     REPLICATED_FIELD_NUMBER: _builtins.int
     GLOBAL_FIELD_NUMBER: _builtins.int
+    REPLICATED_JOB_FIELD_NUMBER: _builtins.int
+    GLOBAL_JOB_FIELD_NUMBER: _builtins.int
     UPDATE_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
@@ -1054,6 +1097,10 @@ class ServiceSpec(_message.Message):
     @_builtins.property
     def replicated(self) -> Global___ReplicatedService: ...
     @_builtins.property
+    def replicated_job(self) -> Global___ReplicatedJob: ...
+    @_builtins.property
+    def global_job(self) -> Global___GlobalJob: ...
+    @_builtins.property
     def update(self) -> Global___UpdateConfig: ...
     @_builtins.property
     def rollback(self) -> Global___UpdateConfig: ...
@@ -1065,17 +1112,19 @@ class ServiceSpec(_message.Message):
         annotations: Global___Annotations | None = ...,
         task: Global___TaskSpec | None = ...,
         replicated: Global___ReplicatedService | None = ...,
+        replicated_job: Global___ReplicatedJob | None = ...,
+        global_job: Global___GlobalJob | None = ...,
         update: Global___UpdateConfig | None = ...,
         rollback: Global___UpdateConfig | None = ...,
         endpoint: Global___EndpointSpec | None = ...,
         rebalance: _builtins.int = ...,
         auto_rebalance: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "endpoint", b"endpoint", "global", b"global", "mode", b"mode", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "endpoint", b"endpoint", "global", b"global", "global_job", b"global_job", "mode", b"mode", "replicated", b"replicated", "replicated_job", b"replicated_job", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "auto_rebalance", b"auto_rebalance", "endpoint", b"endpoint", "global", b"global", "mode", b"mode", "rebalance", b"rebalance", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "auto_rebalance", b"auto_rebalance", "endpoint", b"endpoint", "global", b"global", "global_job", b"global_job", "mode", b"mode", "rebalance", b"rebalance", "replicated", b"replicated", "replicated_job", b"replicated_job", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global"]  # noqa: Y015
+    _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global", "replicated_job", "global_job"]  # noqa: Y015
     _WhichOneofArgType_mode: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_mode) -> _WhichOneofReturnType_mode | None: ...
 
@@ -1161,6 +1210,32 @@ class UpdateStatus(_message.Message):
 Global___UpdateStatus: _TypeAlias = UpdateStatus  # noqa: Y015
 
 @_typing.final
+class JobStatus(_message.Message):
+    """Jobs only: every update of a job's service runs it again, as a new iteration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ITERATION_FIELD_NUMBER: _builtins.int
+    LAST_EXECUTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job_iteration(self) -> Global___Version: ...
+    @_builtins.property
+    def last_execution(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job_iteration: Global___Version | None = ...,
+        last_execution: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job_iteration", b"job_iteration", "last_execution", b"last_execution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_iteration", b"job_iteration", "last_execution", b"last_execution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
 class Service(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1172,6 +1247,7 @@ class Service(_message.Message):
     PREVIOUS_SPEC_VERSION_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
+    JOB_STATUS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     @_builtins.property
     def meta(self) -> Global___Meta: ...
@@ -1187,6 +1263,10 @@ class Service(_message.Message):
     def endpoint(self) -> Global___Endpoint: ...
     @_builtins.property
     def update_status(self) -> Global___UpdateStatus: ...
+    @_builtins.property
+    def job_status(self) -> Global___JobStatus:
+        """jobs only"""
+
     def __init__(
         self,
         *,
@@ -1198,10 +1278,11 @@ class Service(_message.Message):
         previous_spec_version: Global___Version | None = ...,
         endpoint: Global___Endpoint | None = ...,
         update_status: Global___UpdateStatus | None = ...,
+        job_status: Global___JobStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "previous_spec_version", b"previous_spec_version", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "job_status", b"job_status", "meta", b"meta", "previous_spec", b"previous_spec", "previous_spec_version", b"previous_spec_version", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "previous_spec_version", b"previous_spec_version", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "job_status", b"job_status", "meta", b"meta", "previous_spec", b"previous_spec", "previous_spec_version", b"previous_spec_version", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1315,6 +1396,7 @@ class Task(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     DESIRED_STATE_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    JOB_ITERATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     slot: _builtins.int
@@ -1332,6 +1414,10 @@ class Task(_message.Message):
     def status(self) -> Global___TaskStatus: ...
     @_builtins.property
     def endpoint(self) -> Global___Endpoint: ...
+    @_builtins.property
+    def job_iteration(self) -> Global___Version:
+        """jobs only: the iteration this task belongs to"""
+
     def __init__(
         self,
         *,
@@ -1346,10 +1432,11 @@ class Task(_message.Message):
         status: Global___TaskStatus | None = ...,
         desired_state: Global___TaskState.ValueType = ...,
         endpoint: Global___Endpoint | None = ...,
+        job_iteration: Global___Version | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "service_annotations", b"service_annotations", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "job_iteration", b"job_iteration", "meta", b"meta", "service_annotations", b"service_annotations", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "meta", b"meta", "node_id", b"node_id", "service_annotations", b"service_annotations", "service_id", b"service_id", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "job_iteration", b"job_iteration", "meta", b"meta", "node_id", b"node_id", "service_annotations", b"service_annotations", "service_id", b"service_id", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -161,12 +161,27 @@ def validate_service_spec(spec: pb.ServiceSpec) -> None:
     validate_annotations(spec.annotations)
     validate_task_spec(spec.task)
     if spec.WhichOneof("mode") is None:
-        raise InvalidArgument("service mode must be replicated or global")
-    if spec.HasField("update"):
+        raise InvalidArgument("service mode must be replicated, global, replicated-job or global-job")
+    if spec.WhichOneof("mode") in ("replicated_job", "global_job"):
+        _validate_job(spec)
+    elif spec.HasField("update"):
         _validate_update(spec.update, "update")
     if spec.HasField("rollback"):
         _validate_update(spec.rollback, "rollback")
     validate_endpoint(spec.endpoint)
+
+
+def _validate_job(spec: pb.ServiceSpec) -> None:
+    """A job's update is a new run, never a rolling update: swarmkit refuses an update config."""
+    if spec.HasField("update"):
+        raise InvalidArgument("Jobs may not have an update config")
+    job = spec.replicated_job
+    if spec.HasField("replicated_job") and job.total_completions > 0 and job.max_concurrent == 0:
+        # Swarm accepts this and the job never runs a task; say so instead.
+        raise InvalidArgument(
+            f"ReplicatedJob: max-concurrent 0 would never run any of the {job.total_completions} "
+            "completions: use --max-concurrent 1 or more"
+        )
 
 
 def validate_node_spec(spec: pb.NodeSpec) -> None:

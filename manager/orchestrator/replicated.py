@@ -62,7 +62,7 @@ class ReplicatedOrchestrator:
         for task in tx.tasks():
             service = services.get(task.service_id)
             if not _is_replicated(service):
-                if service is None and task.desired_state <= pb.RUNNING:
+                if service is None and task.desired_state <= pb.COMPLETE:  # a job's tasks too
                     self._removed_services.add(task.service_id)
                 continue
             if task.desired_state <= pb.RUNNING and (

@@ -60,8 +60,9 @@ class RestartSupervisor:
         timer = self._delays.get(task_id)
         return timer is not None and not timer.done()
 
-    def _key(self, task: pb.Task) -> tuple[str, object]:
-        return (task.service_id, task.slot if task.slot else task.node_id)
+    def _key(self, service: pb.Service, task: pb.Task) -> tuple[str, object]:
+        by_slot = service.spec.WhichOneof("mode") in ("replicated", "replicated_job")  # a job's slots start at 0
+        return (task.service_id, task.slot if by_slot else task.node_id)
 
     def should_restart(self, service: pb.Service, task: pb.Task) -> bool:
         policy = restart_policy(service.spec.task)
@@ -69,7 +70,7 @@ class RestartSupervisor:
             return False
         if policy.max_attempts == 0:
             return True
-        attempts = [a for a in self._history[self._key(task)] if a.spec_version == service.spec_version.index]
+        attempts = [a for a in self._history[self._key(service, task)] if a.spec_version == service.spec_version.index]
         if policy.HasField("window") and seconds(policy.window) > 0:
             failed_at = ts_seconds(task.status.applied_at) or ts_seconds(task.status.timestamp) or time.time()
             attempts = [a for a in attempts if failed_at - a.at <= seconds(policy.window)]
@@ -77,20 +78,23 @@ class RestartSupervisor:
 
     def restart(self, tx: WriteTx, service: pb.Service, task: pb.Task) -> pb.Task | None:
         """Shut ``task`` down and, if the policy says so, create its replacement. Returns it."""
-        if task.desired_state > pb.RUNNING:
+        if task.desired_state > pb.COMPLETE:  # job tasks are desired COMPLETE
             return None
         task.desired_state = pb.SHUTDOWN
         tx.update(task)
         if not self.should_restart(service, task):
             return None
         node = tx.get_node(task.node_id) if task.node_id else None
-        replacement = new_task(service, task.slot, node_id="" if service.spec.HasField("replicated") else task.node_id)
+        by_slot = service.spec.WhichOneof("mode") in ("replicated", "replicated_job")
+        replacement = new_task(service, task.slot, node_id="" if by_slot else task.node_id)
         replacement.desired_state = pb.READY
+        if task.HasField("job_iteration"):
+            replacement.job_iteration.CopyFrom(task.job_iteration)
         tx.create(replacement)
         policy = restart_policy(service.spec.task)
         delay = 0.0 if node is not None and node.spec.availability == pb.NodeSpec.DRAIN else seconds(policy.delay)
         wait_for_old = not (task.status.state > pb.RUNNING or node is None or node.status.state == pb.NodeStatus.DOWN)
-        key, attempt = self._key(task), _Attempt(time.time(), service.spec_version.index)
+        key, attempt = self._key(service, task), _Attempt(time.time(), service.spec_version.index)
 
         def committed() -> None:
             self._history[key].append(attempt)
@@ -120,7 +124,7 @@ class RestartSupervisor:
             def start(tx: WriteTx) -> None:
                 task = tx.get_task(task_id)
                 if task is not None and task.desired_state == pb.READY:
-                    task.desired_state = pb.RUNNING
+                    task.desired_state = pb.COMPLETE if task.HasField("job_iteration") else pb.RUNNING
                     tx.update(task)
 
             await self._store.update(start)

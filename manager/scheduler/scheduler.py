@@ -30,7 +30,7 @@ RETRY_PENDING = 1.0
 
 def _unassigned(task: pb.Task) -> bool:
     """Waiting for the scheduler: never assigned, or preassigned (global) and not yet confirmed."""
-    return task.status.state < pb.ASSIGNED and task.desired_state <= pb.RUNNING
+    return task.status.state < pb.ASSIGNED and task.desired_state <= pb.COMPLETE  # jobs' tasks: COMPLETE
 
 
 def plan(tx: ReadTx) -> list[tuple[str, str, str]]:
