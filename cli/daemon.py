@@ -58,6 +58,16 @@ def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
 @click.option(
     "--cert-expiry", default="2160h", show_default=True, help="Node certificates' validity (with --init); 2m for tests"
 )
+@click.option(
+    "--engine-api",
+    "engine_api",
+    multiple=True,
+    help="Serve the Docker Engine API at HOST:PORT or unix:///PATH (repeatable; default: the control host, "
+    "port + 3, with mutual TLS; none to disable)",
+)
+@click.option(
+    "--engine-api-plaintext", is_flag=True, help="Serve the Engine API's TCP listeners without TLS (loopback only)"
+)
 @click.option("-v", "--verbose", is_flag=True)
 def manager_command(
     data_dir: str,
@@ -68,6 +78,8 @@ def manager_command(
     token: str,
     hostname: str,
     cert_expiry: str,
+    engine_api: tuple[str, ...],
+    engine_api_plaintext: bool,
     verbose: bool,
 ) -> None:
     """Run a manager in the foreground."""
@@ -94,6 +106,8 @@ def manager_command(
         token=token,
         hostname=hostname,
         cert_expiry=expiry,
+        engine_api=engine_api,
+        engine_api_plaintext=engine_api_plaintext,
     )
     try:
         run_until_signalled(build_manager(config).run())

@@ -9,6 +9,8 @@ that name whatever its address. Certificates are back-dated an hour against cloc
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -62,8 +64,19 @@ class RootCA:
     def _cert(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.cert_pem)
 
-    def sign(self, csr_pem: bytes, node_id: str, role: str, cluster_id: str, expiry: dt.timedelta) -> bytes:
-        """A node certificate for the key in ``csr_pem``; the subject is ours to set, not the node's."""
+    def sign(
+        self,
+        csr_pem: bytes,
+        node_id: str,
+        role: str,
+        cluster_id: str,
+        expiry: dt.timedelta,
+        addresses: Sequence[str] = (),
+    ) -> bytes:
+        """A node certificate for the key in ``csr_pem``; the subject is ours to set, not the node's.
+
+        ``addresses`` (IPs or host names) are added to the names: clients that verify the host they
+        dial, such as the docker CLI against a manager's Engine API, need them."""
         csr = x509.load_pem_x509_csr(csr_pem)
         if not csr.is_signature_valid:
             raise ValueError("the certificate request's signature is invalid")
@@ -82,6 +95,11 @@ class RootCA:
             names += [x509.DNSName(SERVER_NAME), x509.DNSName("swarm-ca")]
         else:
             names += [x509.DNSName(WORKER_SERVER_NAME)]
+        for address in addresses:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(address)))
+            except ValueError:
+                names.append(x509.DNSName(address))
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from minisw.proto import objects_pb2 as pb
 
-__all__ = ["node_json", "rfc3339", "service_json", "task_json", "task_spec_json"]
+__all__ = ["node_json", "rfc3339", "service_json", "swarm_json", "task_json", "task_spec_json"]
 
 _RESTART = {0: "none", 1: "on-failure", 2: "any"}
 _FAILURE_ACTION = {0: "pause", 1: "continue", 2: "rollback"}
@@ -36,6 +36,8 @@ _NODE_STATE = {0: "unknown", 1: "down", 2: "ready", 3: "disconnected"}
 _AVAILABILITY = {0: "active", 1: "pause", 2: "drain"}
 _REACHABILITY = {0: "unknown", 1: "unreachable", 2: "reachable"}
 _ROLE = {0: "worker", 1: "manager"}
+_MOUNT_TYPE = {0: "bind", 1: "volume", 2: "tmpfs"}
+_PROPAGATION = {0: "rprivate", 1: "private", 2: "rshared", 3: "shared", 4: "rslave", 5: "slave"}
 
 
 def rfc3339(ts: Timestamp) -> str:
@@ -82,26 +84,68 @@ def _container_spec(c: pb.ContainerSpec) -> dict[str, Any]:
         out["Init"] = c.init
     _put(out, "TTY", c.tty)
     _put(out, "ReadOnly", c.read_only)
+    _put(out, "Mounts", [_mount(m) for m in c.mounts])
     if c.HasField("stop_grace_period"):
         out["StopGracePeriod"] = _ns(c.stop_grace_period)
     _put(out, "StopSignal", c.stop_signal)
     if c.HasField("healthcheck"):
         hc: dict[str, Any] = {}
         _put(hc, "Test", list(c.healthcheck.test))
-        for key, field in (("Interval", "interval"), ("Timeout", "timeout"), ("StartPeriod", "start_period")):
+        for key, field in (
+            ("Interval", "interval"),
+            ("Timeout", "timeout"),
+            ("StartPeriod", "start_period"),
+            ("StartInterval", "start_interval"),
+        ):
             if c.healthcheck.HasField(field):  # type: ignore[arg-type]
                 _put(hc, key, _ns(getattr(c.healthcheck, field)))
         _put(hc, "Retries", c.healthcheck.retries)
         out["Healthcheck"] = hc
+    _put(out, "Hosts", list(c.hosts))
+    if c.HasField("dns_config"):
+        dns: dict[str, Any] = {}
+        _put(dns, "Nameservers", list(c.dns_config.nameservers))
+        _put(dns, "Search", list(c.dns_config.search))
+        _put(dns, "Options", list(c.dns_config.options))
+        out["DNSConfig"] = dns
     out["Isolation"] = "default"
+    _put(out, "Sysctls", dict(c.sysctls))
+    _put(out, "CapabilityAdd", list(c.capability_add))
+    _put(out, "CapabilityDrop", list(c.capability_drop))
+    _put(out, "Ulimits", [{"Name": u.name, "Hard": u.hard, "Soft": u.soft} for u in c.ulimits])
+    return out
+
+
+def _mount(m: pb.Mount) -> dict[str, Any]:
+    out: dict[str, Any] = {"Type": _MOUNT_TYPE[m.type]}
+    _put(out, "Source", m.source)
+    out["Target"] = m.target
+    _put(out, "ReadOnly", m.readonly)
+    if m.HasField("bind_options"):
+        out["BindOptions"] = {"Propagation": _PROPAGATION[m.bind_options.propagation]}
+    if m.HasField("volume_options"):
+        vo: dict[str, Any] = {}
+        _put(vo, "NoCopy", m.volume_options.nocopy)
+        _put(vo, "Labels", dict(m.volume_options.labels))
+        if m.volume_options.HasField("driver_config"):
+            driver: dict[str, Any] = {"Name": m.volume_options.driver_config.name}
+            _put(driver, "Options", dict(m.volume_options.driver_config.options))
+            vo["DriverConfig"] = driver
+        out["VolumeOptions"] = vo
+    if m.HasField("tmpfs_options"):
+        tmpfs: dict[str, Any] = {}
+        _put(tmpfs, "SizeBytes", m.tmpfs_options.size_bytes)
+        _put(tmpfs, "Mode", m.tmpfs_options.mode)
+        out["TmpfsOptions"] = tmpfs
     return out
 
 
 def task_spec_json(t: pb.TaskSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"ContainerSpec": _container_spec(t.container)}
     res: dict[str, Any] = {}
-    if t.resources.HasField("limits"):
+    if t.resources.HasField("limits") or t.container.pids_limit:
         res["Limits"] = _resources(t.resources.limits)
+        _put(res["Limits"], "Pids", t.container.pids_limit)  # swarmkit keeps it in the ContainerSpec
     if t.resources.HasField("reservations"):
         res["Reservations"] = _resources(t.resources.reservations)
     out["Resources"] = res
@@ -127,6 +171,10 @@ def task_spec_json(t: pb.TaskSpec) -> dict[str, Any]:
         [{"Architecture": p.architecture, "OS": p.os} for p in t.placement.platforms],
     )
     out["Placement"] = placement
+    if t.HasField("log_driver"):
+        log: dict[str, Any] = {"Name": t.log_driver.name}
+        _put(log, "Options", dict(t.log_driver.options))
+        out["LogDriver"] = log
     out["ForceUpdate"] = t.force_update
     out["Runtime"] = "container"
     return out
@@ -167,6 +215,13 @@ def _service_spec(s: pb.ServiceSpec) -> dict[str, Any]:
     out["TaskTemplate"] = task_spec_json(s.task)
     if s.HasField("global"):
         out["Mode"] = {"Global": {}}
+    elif s.HasField("replicated_job"):
+        job = s.replicated_job
+        out["Mode"] = {
+            "ReplicatedJob": {"MaxConcurrent": job.max_concurrent, "TotalCompletions": job.total_completions}
+        }
+    elif s.HasField("global_job"):
+        out["Mode"] = {"GlobalJob": {}}
     else:
         out["Mode"] = {"Replicated": {"Replicas": s.replicated.replicas}}
     if s.HasField("update"):
@@ -194,6 +249,11 @@ def service_json(s: pb.Service) -> dict[str, Any]:
             us["CompletedAt"] = rfc3339(s.update_status.completed_at)
         us["Message"] = s.update_status.message
         out["UpdateStatus"] = us
+    if s.HasField("job_status"):
+        job_status: dict[str, Any] = {"JobIteration": {"Index": s.job_status.job_iteration.index}}
+        if s.job_status.HasField("last_execution"):
+            job_status["LastExecution"] = rfc3339(s.job_status.last_execution)
+        out["JobStatus"] = job_status
     return out
 
 
@@ -214,11 +274,14 @@ def task_json(t: pb.Task) -> dict[str, Any]:
     if t.status.HasField("container"):
         c = t.status.container
         status["ContainerStatus"] = {"ContainerID": c.container_id, "PID": c.pid, "ExitCode": c.exit_code}
-    status["PortStatus"] = (
-        {"Ports": [_port(p) for p in t.status.port_status.ports]} if t.status.port_status.ports else {}
-    )
+    # Swarm reports only host-mode ports here; minisw also records where the routing mesh relays
+    # an ingress port to, which is its own business (docker's `service ps` would print it).
+    host_ports = [_port(p) for p in t.status.port_status.ports if p.publish_mode == pb.PortConfig.HOST]
+    status["PortStatus"] = {"Ports": host_ports} if host_ports else {}
     out["Status"] = status
     out["DesiredState"] = pb.TaskState.Name(t.desired_state).lower()
+    if t.HasField("job_iteration"):
+        out["JobIteration"] = {"Index": t.job_iteration.index}
     return out
 
 
@@ -249,4 +312,30 @@ def node_json(n: pb.Node) -> dict[str, Any]:
             "Reachability": _REACHABILITY[n.manager_status.reachability],
             "Addr": n.manager_status.addr,
         }
+    return out
+
+
+def swarm_json(c: pb.Cluster, with_join_tokens: bool = True) -> dict[str, Any]:
+    """``GET /swarm`` (and, without the tokens, ``/info``'s ``Swarm.Cluster``)."""
+    out: dict[str, Any] = {"ID": c.id, "Version": {"Index": c.meta.version.index}}
+    out["CreatedAt"] = rfc3339(c.meta.created_at)
+    out["UpdatedAt"] = rfc3339(c.meta.updated_at)
+    spec = c.spec
+    out["Spec"] = {
+        "Name": spec.annotations.name or "default",
+        "Labels": dict(spec.annotations.labels),
+        "Orchestration": {"TaskHistoryRetentionLimit": spec.orchestration.task_history_retention_limit},
+        "Raft": {"SnapshotInterval": 0, "LogEntriesForSlowFollowers": 0, "HeartbeatTick": 1, "ElectionTick": 10},
+        "Dispatcher": {"HeartbeatPeriod": _ns(spec.dispatcher.heartbeat_period)},
+        "CAConfig": {"NodeCertExpiry": _ns(spec.ca_config.node_cert_expiry)},
+        "TaskDefaults": {},
+        "EncryptionConfig": {"AutoLockManagers": False},
+    }
+    out["TLSInfo"] = {"TrustRoot": c.root_ca_cert.decode()}
+    out["RootRotationInProgress"] = False
+    out["DefaultAddrPool"] = ["10.0.0.0/8"]
+    out["SubnetSize"] = 24
+    out["DataPathPort"] = 4789
+    if with_join_tokens:
+        out["JoinTokens"] = {"Worker": c.join_tokens.worker, "Manager": c.join_tokens.manager}
     return out
