@@ -35,6 +35,7 @@ from minisw.cli.devlaunch import (
 )
 from minisw.cli.devstate import ClusterState, alive, load, save
 from minisw.proto import control_pb2 as api
+from minisw.proto.pki import engine_api_addr
 
 __all__ = ["default_dir", "dev"]
 
@@ -119,6 +120,10 @@ def up(ctx: click.Context, managers: str, workers: int, hosts: bool, subnet: str
         f"{sum(p.node_role == 'worker' for p in state.processes)} workers"
     )
     click.echo(f"manager: {leader_addr}  (saved as the CLI's context; try `minisw node ls`)")
+    click.echo("To use the docker CLI or docker-py with this cluster:")
+    click.echo(f"    export DOCKER_HOST=tcp://{engine_api_addr(leader_addr)}")
+    click.echo("    export DOCKER_TLS_VERIFY=1")
+    click.echo(f"    export DOCKER_CERT_PATH={operator_tls_dir(directory)}")
 
 
 def _check_subnet(subnet: str, own_link: str) -> Any:
@@ -164,6 +169,7 @@ def status(directory: str, as_json: bool) -> None:
         }
         if p.role == "manager":
             row["leader"] = p.address == leader
+            row["engine_api"] = engine_api_addr(p.address)
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -33,6 +33,7 @@ __all__ = [
     "ca_digest",
     "cert_info",
     "channel_credentials",
+    "engine_api_addr",
     "fetch_root_ca",
     "new_key_and_csr",
     "parse_token",
@@ -216,6 +217,12 @@ def join_addr(addr: str) -> str:
     """Where a manager serves joining nodes: its control port + 2 (Raft has + 1)."""
     host, _, port = addr.rpartition(":")
     return f"{host}:{int(port) + 2}"
+
+
+def engine_api_addr(addr: str) -> str:
+    """Where a manager serves the Docker Engine API unless told otherwise: its control port + 3."""
+    host, _, port = addr.rpartition(":")
+    return f"{host}:{int(port) + 3}"
 
 
 def server_credentials(
