@@ -5,7 +5,9 @@ of ``--runs`` runs, with its spread (see ``figures.py``).
   three processes, no gRPC, no TLS, no control API:
   - ``changes_per_second``: object changes committed per second with batching (Raft entries of
     200 changes each, 8 entries in flight); not a figure a user sees;
-  - ``single_change_latency_ms_p50``/``_p99``: one-change transactions, one at a time.
+  - ``single_change_latency_ms_p50``/``_p99``: one-change transactions, one at a time;
+  - ``without_fsync``: the same figures with the journal left unsynced (pysyncobj's default,
+    not what minisw runs): what acknowledging only writes on disk costs.
 - ``control_api_mtls``: what a user gets from three real ``minisw manager`` processes:
   - ``service_creates_per_second_1_client``/``_16_clients``: ``CreateService`` calls (one
     replica, no agents: each also makes the orchestrator create a task and the scheduler mark it
@@ -48,7 +50,7 @@ CONCURRENT_CLIENTS = 16
 
 
 # ---- the store and Raft, in-process -----------------------------------------------------------
-def _follower(addr: str, data_dir: str, stop: Any) -> None:
+def _follower(addr: str, data_dir: str, stop: Any, durable: bool) -> None:
     async def run() -> None:
         store = MemoryStore()
         raft = RaftNode(
@@ -58,6 +60,7 @@ def _follower(addr: str, data_dir: str, stop: Any) -> None:
             data_dir=data_dir,
             secret="bench",
             on_state_change=lambda: None,
+            durable=durable,
         )
         store.set_proposer(raft)
         raft.start()
@@ -68,17 +71,24 @@ def _follower(addr: str, data_dir: str, stop: Any) -> None:
     asyncio.run(run())
 
 
-async def _store_and_raft(tmp: str) -> dict[str, float]:
+async def _store_and_raft(tmp: str, durable: bool) -> dict[str, float]:
     stop = multiprocessing.Event()
     followers = [
-        multiprocessing.Process(target=_follower, args=(a, f"{tmp}/{i}", stop)) for i, a in enumerate(ADDRS[1:], 1)
+        multiprocessing.Process(target=_follower, args=(a, f"{tmp}/{i}", stop, durable))
+        for i, a in enumerate(ADDRS[1:], 1)
     ]
     for p in followers:
         p.start()
     store = MemoryStore()
     # The first member gets a head start so it is the leader we measure from.
     raft = RaftNode(
-        store, self_addr=ADDRS[0], peers=ADDRS[1:], data_dir=f"{tmp}/0", secret="bench", on_state_change=lambda: None
+        store,
+        self_addr=ADDRS[0],
+        peers=ADDRS[1:],
+        data_dir=f"{tmp}/0",
+        secret="bench",
+        on_state_change=lambda: None,
+        durable=durable,
     )
     store.set_proposer(raft)
     raft.start()
@@ -89,6 +99,7 @@ async def _store_and_raft(tmp: str) -> dict[str, float]:
                 return {}  # another member won the election: the caller tries again
         while raft.status().reachable < 3:
             await asyncio.sleep(0.01)
+        raft.begin_term(raft.status().term)  # what the leadership loop does: writes are fenced to it
         latencies = []
         for i in range(LATENCY_SAMPLES):
             t0 = time.perf_counter()
@@ -120,9 +131,9 @@ async def _store_and_raft(tmp: str) -> dict[str, float]:
             p.join(10)
 
 
-def _store_and_raft_run(tmp: str) -> dict[str, float]:
+def _store_and_raft_run(tmp: str, durable: bool = True) -> dict[str, float]:
     for attempt in range(10):
-        figures = asyncio.run(_store_and_raft(f"{tmp}/attempt{attempt}"))
+        figures = asyncio.run(_store_and_raft(f"{tmp}/attempt{attempt}", durable))
         if figures:
             return figures
     raise RuntimeError("the first Raft member never won an election in 10 attempts")
@@ -211,12 +222,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         raft_runs = [_store_and_raft_run(f"{tmp}/raft{i}") for i in range(args.runs)]
+        unsynced_runs = [_store_and_raft_run(f"{tmp}/unsynced{i}", durable=False) for i in range(args.runs)]
         api_runs = [_control_api_run(f"{tmp}/api{i}", args.creates) for i in range(args.runs)]
     out = {
         "store_and_raft_in_process": {
             "changes_per_entry": MAX_CHANGES_PER_TRANSACTION,
             "entries_in_flight": IN_FLIGHT,
             **{key: figure((r[key] for r in raft_runs), 2) for key in raft_runs[0]},
+            # The same without syncing the journal to disk (pysyncobj's own behaviour): the price of
+            # acknowledging a write only once it is on disk on a quorum.
+            "without_fsync": {key: figure((r[key] for r in unsynced_runs), 2) for key in unsynced_runs[0]},
         },
         "control_api_mtls": {
             "creates_per_measurement": args.creates // CONCURRENT_CLIENTS * CONCURRENT_CLIENTS,

@@ -12,11 +12,21 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-__all__ = ["Component", "LeaderTerm"]
+__all__ = ["Component", "LeaderTerm", "same_leader_term"]
 
 log = logging.getLogger(__name__)
 
 Component = Callable[[], Awaitable[None]]
+
+
+def same_leader_term(is_leader: bool, term: int, running_term: int | None) -> bool:
+    """May the leader components started for ``running_term`` go on?
+
+    Only while this manager leads that very term. Comparing terms, not just "am I the leader",
+    catches a leader -> follower -> leader flip between two checks: components of the old term
+    saw a store that a leader in between may have changed, so a fresh set starts for the new term.
+    """
+    return is_leader and running_term is not None and term == running_term
 
 
 class LeaderTerm:
