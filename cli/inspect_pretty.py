@@ -144,9 +144,10 @@ def pretty_service(s: pb.Service) -> str:
         lines.append(f" User: {c.user}")
     lines += _container_extras(spec.task)
     res = spec.task.resources
-    block = _resources("Reservations", res.reservations) + _resources("Limits", res.limits, c.pids_limit)
-    if block:
-        lines += ["Resources:", *block]
+    # docker prints the heading whenever TaskTemplate.Resources is present, and the Engine API JSON
+    # (proto/engine.py) always carries it, empty or not, as docker's own `service create` sends it.
+    lines.append("Resources:")
+    lines += _resources("Reservations", res.reservations) + _resources("Limits", res.limits, c.pids_limit)
     lines.append(f"Endpoint Mode:\t{'dnsrr' if spec.endpoint.mode else 'vip'}")
     if s.endpoint.ports:
         lines.append("Ports:")

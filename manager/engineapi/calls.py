@@ -9,7 +9,7 @@ and the leader validates and writes exactly as for ``minisw``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from minisw.manager.engineapi.tls import peer_certificate_pem
 __all__ = ["ENGINE", "CallFailed", "ControlCalls"]
 
 CALL_TIMEOUT = 30.0
+STREAM_TIMEOUT = 365 * 24 * 3600.0
 
 
 class CallFailed(Exception):
@@ -62,12 +63,22 @@ class ControlCalls:
         self._own_certificate = own_certificate
         self.node_id = lambda: manager.node_id
 
-    async def __call__(self, http_request: web.Request, method: str, request: Any) -> Any:
+    def _context(self, http_request: web.Request, timeout: float) -> _InProcessContext:
         transport = http_request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         peer = peer_certificate_pem(ssl_object) if ssl_object is not None else self._own_certificate()
-        context = _InProcessContext(peer, CALL_TIMEOUT)
-        return await getattr(self._servicer, method)(request, context)
+        return _InProcessContext(peer, timeout)
+
+    async def __call__(self, http_request: web.Request, method: str, request: Any) -> Any:
+        return await getattr(self._servicer, method)(request, self._context(http_request, CALL_TIMEOUT))
+
+    def stream(self, http_request: web.Request, method: str, request: Any) -> AsyncGenerator[Any, None]:
+        """A server-streaming call (``SubscribeLogs``): its replies, for as long as the caller reads.
+        No deadline: a followed log stream lasts until the HTTP client goes away."""
+        replies: AsyncGenerator[Any, None] = getattr(self._servicer, method)(
+            request, self._context(http_request, STREAM_TIMEOUT)
+        )
+        return replies
 
 
 ENGINE = web.AppKey("engine", ControlCalls)

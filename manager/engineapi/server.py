@@ -21,12 +21,13 @@ from aiohttp import web
 
 from minisw.manager.controlapi.server import ManagerHandle
 from minisw.manager.engineapi.calls import ENGINE, ControlCalls
+from minisw.manager.engineapi.logs import add_log_routes
 from minisw.manager.engineapi.nodes import add_node_routes
 from minisw.manager.engineapi.services import add_service_routes
 from minisw.manager.engineapi.tls import ServingCertificate
 from minisw.manager.engineapi.wire import Handler, engine_middleware, json_response
 from minisw.manager.errors import InvalidArgument
-from minisw.proto.pki import insecure
+from minisw.proto.pki import engine_api_addr, insecure
 
 __all__ = ["ENGINE_API_PORT_OFFSET", "EngineAPIServer", "Listener", "default_engine_api_addr", "parse_listener"]
 
@@ -38,8 +39,7 @@ TLS_DIR = "engine-api-tls"
 
 def default_engine_api_addr(control_addr: str) -> str:
     """Where a manager serves the Engine API unless told otherwise: control host, port + 3."""
-    host, _, port = control_addr.rpartition(":")
-    return f"{host}:{int(port) + ENGINE_API_PORT_OFFSET}"
+    return engine_api_addr(control_addr)
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ def build_app(calls: ControlCalls) -> web.Application:
     app[ENGINE] = calls
     add = _versioned(app.router.add_route)
     add_service_routes(add)
+    add_log_routes(add)
     add_node_routes(add)
     app.router.add_route("*", "/{tail:.*}", _page_not_found)
     return app

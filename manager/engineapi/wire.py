@@ -30,6 +30,7 @@ __all__ = [
     "filters",
     "json_body",
     "json_response",
+    "set_engine_headers",
     "version_param",
 ]
 
@@ -128,12 +129,17 @@ async def engine_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception as err:  # a bug: still an answer the CLI can print, and a trace in the log
         log.exception("Engine API %s %s failed", request.method, request.path)
         response = json_response({"message": f"internal error in minisw: {err!r}"}, 500)
-    if not response.prepared:
-        response.headers["Api-Version"] = API_VERSION
-        response.headers["Ostype"] = "linux"
-        response.headers["Server"] = f"Docker/{SERVER_VERSION} (linux)"
-        response.headers["Docker-Experimental"] = "false"
+    if not response.prepared:  # a streamed response set them before its first byte
+        set_engine_headers(response)
     return response
+
+
+def set_engine_headers(response: web.StreamResponse) -> None:
+    """The daemon's headers on every response (the clients read ``Api-Version`` to negotiate)."""
+    response.headers["Api-Version"] = API_VERSION
+    response.headers["Ostype"] = "linux"
+    response.headers["Server"] = f"Docker/{SERVER_VERSION} (linux)"
+    response.headers["Docker-Experimental"] = "false"
 
 
 _TRUE = {"1", "t", "true"}

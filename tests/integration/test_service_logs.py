@@ -36,7 +36,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
         c.start_managers(3)
         c.add_agent()
         c.add_agent()
-        c.cli_ok("service", "create", "--name", "web", "--replicas", "3", "minisw/web:1", "--", "sh", "-c", STATIC)
+        c.cli_ok("service", "create", "--name", "web", "--replicas", "3", "minisw/web:1", "sh", "-c", STATIC)
         yield c
         if request.session.testsfailed:
             print(c.logs())
@@ -178,7 +178,7 @@ class Follower:
 
 def test_follow_sees_new_lines_and_tasks_started_later(cluster: Cluster) -> None:
     c = cluster
-    c.cli_ok("service", "create", "--name", "ticker", "minisw/web:1", "--", "sh", "-c", TICKER)
+    c.cli_ok("service", "create", "--name", "ticker", "minisw/web:1", "sh", "-c", TICKER)
     (first,) = prefixes(c, "ticker").values()
     follower = Follower(c, "-f", "--tail", "1", "ticker")
     try:
