@@ -244,8 +244,10 @@ class HostNet:
         # A config file of its own: the machine's daemon.json sets data-root, which a second flag
         # for it contradicts. The cgroup parent puts the containers into the host's cgroup.
         config.write_text(json.dumps({"cgroup-parent": self.cgroup(node)}))
-        stale_sock = self.run_dir / f"{node}.sock"
-        stale_sock.unlink(missing_ok=True)
+        # What a killed daemon left: dockerd refuses to start while its pidfile names a live
+        # process, and after a SIGKILL that PID may already belong to another one.
+        (self.run_dir / f"{node}.sock").unlink(missing_ok=True)
+        (self.run_dir / f"{node}.pid").unlink(missing_ok=True)
         return self.in_cgroup(
             node,
             [
