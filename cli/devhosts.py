@@ -244,10 +244,18 @@ class HostNet:
         # A config file of its own: the machine's daemon.json sets data-root, which a second flag
         # for it contradicts. The cgroup parent puts the containers into the host's cgroup.
         config.write_text(json.dumps({"cgroup-parent": self.cgroup(node)}))
-        # What a killed daemon left: dockerd refuses to start while its pidfile names a live
-        # process, and after a SIGKILL that PID may already belong to another one.
+        # What a killed daemon left: dockerd (and the containerd it runs) refuse to start while a
+        # pidfile names a live process, and after a SIGKILL that PID may belong to another one by
+        # now; the runtime state of dead shims is garbage too. A host with no process left is
+        # booting afresh, as a VM's /run after a reboot.
         (self.run_dir / f"{node}.sock").unlink(missing_ok=True)
         (self.run_dir / f"{node}.pid").unlink(missing_ok=True)
+        exec_root = self.run_dir / node
+        if exec_root.exists() and not self.pids(node):
+            for target in self._mounts():
+                if target.startswith(f"{exec_root}/"):
+                    _run("umount", "-l", target, check=False)
+            _run("rm", "-rf", str(exec_root), check=False)
         return self.in_cgroup(
             node,
             [
