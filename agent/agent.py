@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import socket
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from minisw.agent.logs import LogPublisher
 from minisw.agent.promotion import Promotion
 from minisw.agent.refusal import refusal_handler
 from minisw.agent.reporter import StatusReporter
-from minisw.agent.session import NotLeader, Refused, Registered, Session
+from minisw.agent.session import NotLeader, Refused, Registered, Session, Unresponsive
 from minisw.agent.worker import Worker
 from minisw.proto import dispatcher_pb2 as dpb
 from minisw.proto.certs import JoinRefused, obtain_certificate, renew_forever
@@ -35,6 +36,10 @@ STATE_FILE = "agent.json"
 MANAGER_NODE_ID_FILE = "node_id"  # written by a manager sharing this data dir
 MANAGER_STATE_FILE = "manager.json"  # likewise
 BACKOFF_START, BACKOFF_MAX = 0.1, 8.0
+# A manager that stopped answering (or could not be reached) is tried last for a while, and a
+# follower that still names it as the leader (its election is under way) is not followed there.
+AVOID_FOR = 5.0
+ELECTION_PAUSE = 0.1
 
 
 @dataclass
@@ -95,10 +100,24 @@ class Agent:
         self.tls = TLSFiles(Path(config.data_dir, "tls"))
         self._server: grpc.aio.Server | None = None
         listen = config.control_listen or f"{self._advertise}:4242"
-        self._promotion = Promotion(config.data_dir, self.tls, config.hostname, listen, self._stop_refusal)
+        self._promotion = Promotion(
+            config.data_dir, self.tls, config.hostname, listen, self._stop_refusal, self._start_refusal
+        )
 
     def _manager_addrs(self) -> list[str]:
         return list(dict.fromkeys([*self._state.managers, *self.config.join]))
+
+    async def _start_refusal(self) -> None:
+        """A worker answers control calls on its control port with Swarm's refusal."""
+        if not self.config.control_listen or self._server is not None:
+            return
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((refusal_handler(),))
+        if insecure():
+            self._server.add_insecure_port(self.config.control_listen)
+        else:
+            self._server.add_secure_port(self.config.control_listen, server_credentials(self.tls.read))
+        await self._server.start()
 
     async def _stop_refusal(self) -> None:
         """A promoted node's manager takes over the control port this agent answered on."""
@@ -142,14 +161,7 @@ class Agent:
         renewals = None
         if not insecure():
             renewals = asyncio.create_task(renew_forever(self._manager_addrs, self.tls, lambda: None))
-        if self.config.control_listen:
-            self._server = grpc.aio.server()
-            self._server.add_generic_rpc_handlers((refusal_handler(),))
-            if insecure():
-                self._server.add_insecure_port(self.config.control_listen)
-            else:
-                self._server.add_secure_port(self.config.control_listen, server_credentials(self.tls.read))
-            await self._server.start()
+        await self._start_refusal()
         try:
             await self._promotion.resume(self._manager_addrs())
             await self._session_loop()
@@ -169,9 +181,14 @@ class Agent:
         backoff = BACKOFF_START
         hint = ""
         turn = 0
+        avoid: dict[str, float] = {}  # manager -> until when it is tried last
         while True:
+            now = time.monotonic()
             candidates = list(dict.fromkeys([*self._state.managers, *self.config.join]))
-            addr = hint or candidates[turn % len(candidates)]
+            healthy = [a for a in candidates if avoid.get(a, 0.0) <= now] or candidates
+            if hint and avoid.get(hint, 0.0) > now and len(healthy) < len(candidates):
+                hint = ""
+            addr = hint or healthy[turn % len(healthy)]
             turn += 1
             hint = ""
             request = dpb.SessionRequest(
@@ -200,7 +217,11 @@ class Agent:
                 if isinstance(err, NotLeader):
                     hint = err.leader
                     log.info("%s is not the leader; trying %s", addr, hint or "the next manager")
+                    if not hint or avoid.get(hint, 0.0) > time.monotonic():
+                        await asyncio.sleep(ELECTION_PAUSE)  # an election is under way
                     continue
+                if _unresponsive(err):
+                    avoid[addr] = time.monotonic() + AVOID_FOR
                 log.warning("session with %s ended: %s", addr, _describe(err))
             if self._was_registered:
                 backoff = BACKOFF_START
@@ -214,6 +235,16 @@ def _first(err: BaseException) -> BaseException:
     while isinstance(err, BaseExceptionGroup):
         err = err.exceptions[0]
     return err
+
+
+def _unresponsive(err: BaseException) -> bool:
+    """The manager did not answer (frozen, dead or cut off), as opposed to ending the session."""
+    if isinstance(err, Unresponsive):
+        return True
+    return isinstance(err, grpc.aio.AioRpcError) and err.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
 
 
 def _describe(err: BaseException) -> str:

@@ -20,12 +20,21 @@ from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
 from minisw.proto.pki import TLSFiles, secure_channel
 from minisw.proto.timeutil import seconds
 
-__all__ = ["LEADER_METADATA", "NotLeader", "Refused", "Registered", "Session", "SessionEnded"]
+__all__ = ["LEADER_METADATA", "NotLeader", "Refused", "Registered", "Session", "SessionEnded", "Unresponsive"]
 
 log = logging.getLogger(__name__)
 
 LEADER_METADATA = "minisw-leader"
-HEARTBEAT_TIMEOUT = 5.0
+# A node is declared down after 3 heartbeat periods without one (1 s each): a manager that freezes
+# must be left well before that, so no call to it may wait longer than these.
+REGISTER_TIMEOUT = 2.0  # TLS handshake and registration (one Raft write) on a live leader: milliseconds
+HEARTBEAT_TIMEOUT_PERIODS = 1.5
+# gRPC keepalive: a connection whose peer stopped answering fails even between calls.
+KEEPALIVE: list[tuple[str, object]] = [
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 0),
+]
 
 
 class SessionEnded(Exception):
@@ -38,6 +47,10 @@ class NotLeader(Exception):
     def __init__(self, leader: str) -> None:
         super().__init__(f"not the leader; the leader is {leader or 'unknown'}")
         self.leader = leader
+
+
+class Unresponsive(Exception):
+    """The manager accepted the connection but stopped answering (frozen, or overloaded)."""
 
 
 class Refused(Exception):
@@ -73,11 +86,14 @@ class Session:
         self._on_registered = on_registered
 
     async def run(self) -> None:
-        async with secure_channel(self.addr, self._tls) as channel:
+        async with secure_channel(self.addr, self._tls, KEEPALIVE) as channel:
             stub = dpb_grpc.DispatcherStub(channel)
             call = stub.Session(self._request)
             try:
-                first = await call.read()
+                first = await asyncio.wait_for(call.read(), REGISTER_TIMEOUT)
+            except TimeoutError:
+                call.cancel()
+                raise Unresponsive(f"{self.addr} did not answer the registration in time") from None
             except grpc.aio.AioRpcError as err:
                 await _raise_for(err, call)
                 raise
@@ -106,10 +122,17 @@ class Session:
 
     async def _heartbeats(self, stub: dpb_grpc.DispatcherStub, node_id: str, session_id: str, period: float) -> None:
         while True:
-            reply = await stub.Heartbeat(
-                dpb.HeartbeatRequest(node_id=node_id, session_id=session_id), timeout=HEARTBEAT_TIMEOUT
-            )
-            await asyncio.sleep(seconds(reply.period) or period)
+            try:
+                reply = await stub.Heartbeat(
+                    dpb.HeartbeatRequest(node_id=node_id, session_id=session_id),
+                    timeout=period * HEARTBEAT_TIMEOUT_PERIODS,
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise Unresponsive(f"{self.addr} did not answer a heartbeat in time") from None
+                raise
+            period = seconds(reply.period) or period
+            await asyncio.sleep(period)
 
     async def _assignments(self, stub: dpb_grpc.DispatcherStub, node_id: str, session_id: str) -> None:
         stream = stub.Assignments(dpb.AssignmentsRequest(node_id=node_id, session_id=session_id))

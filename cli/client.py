@@ -19,6 +19,7 @@ __all__ = ["CONTEXT_FILE", "Client", "DaemonError", "PlainError", "resolve_host"
 
 CONTEXT_FILE = Path(os.environ.get("MINISW_CONFIG", str(Path.home() / ".minisw"))) / "context.json"
 CALL_TIMEOUT = 30.0
+_NO_CONNECTION = ("failed to connect", "connection refused", "dns resolution failed")
 
 
 class DaemonError(click.ClickException):
@@ -137,9 +138,9 @@ def translate_errors(host: str) -> Iterator[None]:
     except grpc.RpcError as err:
         code = err.code()
         details = err.details() or str(code)
-        if code == grpc.StatusCode.UNAVAILABLE and (
-            "failed to connect" in details.lower() or "connection refused" in details.lower()
-        ):
+        # Only gRPC's own words for this client's connection: a manager's answer may quote a
+        # failure of its own (a follower that could not reach a dead leader is running).
+        if code == grpc.StatusCode.UNAVAILABLE and details.lower().startswith(_NO_CONNECTION):
             raise click.ClickException(
                 f"Cannot connect to the minisw manager at {host}. Is the manager running? "
                 "(check the address, or `minisw dev status`)"

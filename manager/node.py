@@ -21,10 +21,10 @@ from minisw.manager import ids
 from minisw.manager.auth import Authorizer
 from minisw.manager.ca import DEFAULT_CERT_EXPIRY, RootCA
 from minisw.manager.ca_server import NodeCAServer
-from minisw.manager.controlapi.server import ControlServer
+from minisw.manager.controlapi.server import ControlServer, LogSubscriptions
 from minisw.manager.errors import FailedPrecondition, InvalidArgument, NoQuorum
 from minisw.manager.forward import LeaderForwarder
-from minisw.manager.leadership import Component, LeaderTerm
+from minisw.manager.leadership import Component, LeaderTerm, same_leader_term
 from minisw.manager.state.raft import RaftNode, quorum_message
 from minisw.manager.state.store import MemoryStore
 from minisw.proto import ca_pb2_grpc as capb_grpc
@@ -54,6 +54,8 @@ ROOT_KEY_FILE = "root-ca-key.pem"  # until the cluster object (in Raft) holds it
 OPERATOR_TLS_DIR = "operator-tls"
 MAX_STREAMS_PER_PEER = 100
 DEMOTION_WAIT = 5.0
+HANDOVER_WAIT = 5.0  # a leader's demotion: how long another manager may take to lead
+HANDOVER_ELECTION = 1.0  # after asking one follower to stand: how long its election may take
 NODE_ID_FILE = "node_id"
 DEFAULT_HEARTBEAT_PERIOD = 1.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -69,6 +71,8 @@ class ManagerConfig:
     token: str = ""
     hostname: str = field(default_factory=socket.gethostname)
     cert_expiry: float = 0.0  # seconds; at --init only (default 90 days)
+    engine_api: tuple[str, ...] = ()  # Engine API listeners; default: the control host, port + 3
+    engine_api_plaintext: bool = False  # on loopback only
 
     def raft_addr(self) -> str:
         if self.raft_listen:
@@ -104,7 +108,14 @@ class ManagerState:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(self), f)
+            f.flush()
+            os.fsync(f.fileno())  # the Raft identity, secret and peers survive a power loss too
         os.replace(tmp, path)
+        dir_fd = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         with open(os.path.join(data_dir, NODE_ID_FILE), "w") as f:
             f.write(self.node_id)
 
@@ -125,10 +136,16 @@ class ManagerNode:
         self._background: set[asyncio.Task[None]] = set()
         self.tls = TLSFiles(Path(config.data_dir, "tls"))
         self._forwarder = LeaderForwarder(
-            self.leader_control_addr, self.no_leader_message, lambda addr: secure_channel(addr, self.tls)
+            self.leader_control_addr,
+            self.no_leader_message,
+            lambda addr: secure_channel(addr, self.tls),
+            self.quorum_reachable,
         )
         self.extra_servicers: list[Any] = []
         self.authorizer: Authorizer | None = None
+        self.logs: LogSubscriptions | None = None  # the log broker, wired by main.py
+        # Started once the gRPC server listens and the node knows who it is (main.py: the Engine API).
+        self.side_services: list[Any] = []
 
     # ---- start-up ------------------------------------------------------------------------
     async def _obtain_state(self) -> ManagerState:
@@ -239,6 +256,8 @@ class ManagerNode:
             # (which wants a join token) answers there; every other call needs a certificate.
             self._server.add_secure_port(join_addr(state.listen), server_credentials(self.tls.read, False))
         await self._server.start()
+        for start in self.side_services:
+            self._spawn(start(self))
         self._spawn(
             renew_forever(lambda: [state.listen, *[a for _, a in self.manager_addrs()]], self.tls, lambda: None)
         )
@@ -274,24 +293,30 @@ class ManagerNode:
                 log.warning("this node was demoted to a worker: its manager stops (its agent goes on)")
                 return
             self._remember_peers()
-            leading = self.is_leader()
+            assert self._raft is not None
+            status = self._raft.status()
             running = self._term_task is not None and not self._term_task.done()
             if self._term_task is not None and self._term_task.done():
                 exc = None if self._term_task.cancelled() else self._term_task.exception()
                 if exc is not None:
                     log.error("leader term ended with an error: %r; starting a new one", exc)
                 self._term_task = None
-            if leading and not running:
-                log.info("became leader")
-                term = LeaderTerm(self._bootstrap, self._components())
-                self._term_task = asyncio.create_task(term.run(), name="leader-term")
-            elif not leading and running:
-                log.info("lost leadership; stopping leader components")
+                self._raft.end_term()
+            if running and not same_leader_term(status.is_leader, status.term, self._raft.leading_term()):
+                # Also a leader -> follower -> leader flip between two checks: the term moved on.
+                log.info("lost leadership of term %s; stopping leader components", self._raft.leading_term())
+                self._raft.end_term()  # before the cancel: nothing of theirs gets proposed any more
                 assert self._term_task is not None
                 self._term_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._term_task
                 self._term_task = None
+                running = False
+            if status.is_leader and not running:
+                log.info("became leader (term %d)", status.term)
+                self._raft.begin_term(status.term)
+                term = LeaderTerm(self._bootstrap, self._components())
+                self._term_task = asyncio.create_task(term.run(), name="leader-term")
 
     def _demoted(self) -> bool:
         node = self.store.view(lambda tx: tx.get_node(self.node_id))
@@ -378,6 +403,11 @@ class ManagerNode:
     def is_leader(self) -> bool:
         return self._raft is not None and self._raft.status().is_leader
 
+    async def read_barrier(self) -> None:
+        """Before a read on the leader: wait until it sees every acknowledged write (raft.py)."""
+        assert self._raft is not None
+        await self._raft.read_barrier()
+
     def raft_info(self) -> tuple[int, int, int, int, str | None]:
         assert self._raft is not None
         s = self._raft.status()
@@ -388,6 +418,12 @@ class ManagerNode:
         status = self._raft.status()
         if status.reachable < status.quorum:
             raise NoQuorum(f"The swarm does not have a leader: {quorum_message(status)}")
+
+    def quorum_reachable(self) -> bool:
+        if self._raft is None:
+            return False
+        status = self._raft.status()
+        return status.reachable >= status.quorum
 
     def no_leader_message(self) -> str:
         assert self._raft is not None
@@ -411,11 +447,33 @@ class ManagerNode:
                 return node.manager_status.addr
         return None
 
-    async def forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._forwarder.forward(method, request, context)
+    async def forward(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext, handed_over: bool = False
+    ) -> Any:
+        return await self._forwarder.forward(method, request, context, handed_over=handed_over)
 
     async def forward_ca(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._forwarder.forward(method, request, context, stub=capb_grpc.NodeCAStub)
+
+    async def hand_over_leadership(self) -> None:
+        """Make another manager lead (before this one's demotion), and wait until it does.
+
+        A follower that is not fully caught up is refused as a target; we ask again until one is.
+        """
+        assert self._raft is not None and self._state is not None
+        deadline = time.monotonic() + HANDOVER_WAIT
+        while time.monotonic() < deadline:
+            if self.is_leader():
+                with contextlib.suppress(NoQuorum):
+                    await self._raft.transfer_leadership()
+            until = min(deadline, time.monotonic() + HANDOVER_ELECTION)
+            while time.monotonic() < until:
+                leader = self.leader_control_addr()
+                if not self.is_leader() and leader is not None and leader != self._state.listen:
+                    log.info("handed leadership over to %s", leader)
+                    return
+                await asyncio.sleep(0.02)
+        raise NoQuorum(f"no other manager took the leadership over within {HANDOVER_WAIT:.0f}s")
 
     async def remove_manager(self, raft_addr: str) -> None:
         """A demoted manager leaves Raft, once it holds the entry that tells it so.

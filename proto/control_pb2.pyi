@@ -537,6 +537,7 @@ class InfoResponse(_message.Message):
     NODES_FIELD_NUMBER: _builtins.int
     RAFT_COMMIT_INDEX_FIELD_NUMBER: _builtins.int
     RAFT_TERM_FIELD_NUMBER: _builtins.int
+    STORE_DIGEST_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     node_id: _builtins.str
     """the manager that answered"""
@@ -546,6 +547,10 @@ class InfoResponse(_message.Message):
     nodes: _builtins.int
     raft_commit_index: _builtins.int
     raft_term: _builtins.int
+    store_digest: _builtins.str
+    """Of the manager that answered (never forwarded): a digest of its store's objects, so that
+    tests can check every manager holds the same state once the cluster settles.
+    """
     def __init__(
         self,
         *,
@@ -557,10 +562,11 @@ class InfoResponse(_message.Message):
         nodes: _builtins.int = ...,
         raft_commit_index: _builtins.int = ...,
         raft_term: _builtins.int = ...,
+        store_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "leader_addr", b"leader_addr", "managers", b"managers", "node_id", b"node_id", "nodes", b"nodes", "raft_commit_index", b"raft_commit_index", "raft_term", b"raft_term", "reachable_managers", b"reachable_managers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "leader_addr", b"leader_addr", "managers", b"managers", "node_id", b"node_id", "nodes", b"nodes", "raft_commit_index", b"raft_commit_index", "raft_term", b"raft_term", "reachable_managers", b"reachable_managers", "store_digest", b"store_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

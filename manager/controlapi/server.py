@@ -6,8 +6,9 @@ never needs to know who leads and reads always see every acknowledged write.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -32,13 +33,21 @@ from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.defaults import interpolate_service_spec
-from minisw.proto.model import is_task_dirty
+from minisw.proto.model import is_job, is_task_dirty, job_service_counts
 from minisw.proto.pki import MANAGER_OU, parse_token
 
-__all__ = ["ControlServer", "ManagerHandle", "grpc_code_for"]
+__all__ = ["ControlServer", "LogSubscriptions", "ManagerHandle", "grpc_code_for"]
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+
+
+class LogSubscriptions(Protocol):
+    """The log broker (manager/logbroker.py): serves a subscription on the leader, forwards it elsewhere."""
+
+    def subscribe(
+        self, request: api.SubscribeLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[api.SubscribeLogsMessage, None]: ...
 
 
 class ManagerHandle(Protocol):
@@ -47,6 +56,7 @@ class ManagerHandle(Protocol):
     node_id: str
     store: MemoryStore
     authorizer: Authorizer | None
+    logs: LogSubscriptions | None
 
     def is_leader(self) -> bool: ...
     def leader_control_addr(self) -> str | None: ...
@@ -56,9 +66,20 @@ class ManagerHandle(Protocol):
         ...
 
     def check_quorum(self) -> None: ...
+    async def read_barrier(self) -> None:
+        """Returns once this leader sees every write acknowledged before the call."""
+        ...
+
     async def join_manager(self, request: api.JoinManagerRequest, node_id: str) -> api.JoinManagerResponse: ...
     async def remove_manager(self, raft_addr: str) -> None: ...
-    async def forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any: ...
+    async def hand_over_leadership(self) -> None: ...
+    async def forward(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext, handed_over: bool = False
+    ) -> Any: ...
+
+
+class _HandedOver(Exception):
+    """This leader handed leadership over before its own demotion: the new leader takes the call."""
 
 
 def grpc_code_for(err: ManagerError) -> grpc.StatusCode:
@@ -102,6 +123,10 @@ def _node_name(n: pb.Node) -> str:
     return n.description.hostname or n.spec.annotations.name
 
 
+# Calls that only read: each first waits for a Raft read barrier (writes commit through Raft anyway).
+_READS = frozenset({"GetService", "ListServices", "ListTasks", "GetTask", "ListNodes", "GetNode", "GetCluster", "Info"})
+
+
 class ControlServer(api_grpc.ControlServicer):
     """The Control service of one manager."""
 
@@ -126,7 +151,11 @@ class ControlServer(api_grpc.ControlServicer):
             return await self._m.forward(method, request, context)  # type: ignore[no-any-return]
         try:
             self._m.check_quorum()
+            if method in _READS:
+                await self._m.read_barrier()  # a leader cut off from the others must not answer stale
             return await handler(request)
+        except _HandedOver:
+            return await self._m.forward(method, request, context, handed_over=True)  # type: ignore[no-any-return]
         except ManagerError as err:
             await context.abort(grpc_code_for(err), str(err))
             raise AssertionError("unreachable") from err
@@ -146,7 +175,10 @@ class ControlServer(api_grpc.ControlServicer):
                     f"name conflicts with an existing object: service {spec.annotations.name} already exists"
                 )
             endpoint = allocate_endpoint(service_id, spec.endpoint, tx.services())
-            tx.create(pb.Service(id=service_id, spec=spec, spec_version=pb.Version(), endpoint=endpoint))
+            service = pb.Service(id=service_id, spec=spec, spec_version=pb.Version(), endpoint=endpoint)
+            if is_job(spec):
+                service.job_status.last_execution.GetCurrentTime()
+            tx.create(service)
 
         await self._store.update(create)
         return api.ServiceResponse(service=self._get_by_id(service_id))
@@ -233,6 +265,9 @@ class ControlServer(api_grpc.ControlServicer):
                 service.spec.CopyFrom(spec)
                 service.spec_version.CopyFrom(request.service_version)
                 service.ClearField("update_status")
+            if service.HasField("job_status"):  # any update of a job runs it again (swarmkit)
+                service.job_status.job_iteration.index += 1
+                service.job_status.last_execution.GetCurrentTime()
             endpoint = allocate_endpoint(service.id, service.spec.endpoint, tx.services())
             service.endpoint.CopyFrom(endpoint)
             tx.update(service)
@@ -262,10 +297,15 @@ class ControlServer(api_grpc.ControlServicer):
                 tasks = [t for s in services for t in tx.tasks_by_service(s.id)]
             else:
                 tasks = tx.tasks()
+            # Docker's daemon resolves node filters as it resolves node references (an unknown
+            # node is an error, not an empty list); "self" is the client's to resolve.
+            node_ids = {
+                (tx.get_node(ref) or resolve(tx.nodes(), ref, "node", _node_name)).id for ref in request.node_ids
+            }
             services_by_id = {s.id: s for s in tx.services()}
             out = api.ListTasksResponse()
             for task in tasks:
-                if request.node_ids and task.node_id not in request.node_ids:
+                if node_ids and task.node_id not in node_ids:
                     continue
                 if request.desired_states and task.desired_state not in request.desired_states:
                     continue
@@ -273,7 +313,8 @@ class ControlServer(api_grpc.ControlServicer):
                     continue
                 if request.up_to_date:
                     service = services_by_id.get(task.service_id)
-                    if service is None or is_task_dirty(service, task):
+                    node = tx.get_node(task.node_id) if task.node_id else None
+                    if service is None or is_task_dirty(service, task, node):
                         continue
                 out.tasks.append(task)
             return out
@@ -340,6 +381,7 @@ class ControlServer(api_grpc.ControlServicer):
 
     async def _update_node(self, request: api.UpdateNodeRequest) -> api.NodeResponse:
         validate_node_spec(request.spec)
+        await self._hand_over_before_own_demotion(request)
 
         def update(tx: WriteTx) -> str:
             node = self._resolve_node(tx, request.node_id)
@@ -369,17 +411,31 @@ class ControlServer(api_grpc.ControlServicer):
         assert node is not None
         return api.NodeResponse(node=self._with_manager_status(node))
 
-    def _check_demotion(self, tx: WriteTx, node: pb.Node) -> None:
-        """Swarm's rules: never the last manager, never a loss of quorum; and (for now) not the leader."""
+    async def _hand_over_before_own_demotion(self, request: api.UpdateNodeRequest) -> None:
+        """Swarm demotes the leader by handing leadership over first; the new leader then demotes
+        this node as any other. The refusals come first, so a refused demotion moves nothing."""
+
+        def leader_demoted(tx: ReadTx) -> bool:
+            node = self._resolve_node(tx, request.node_id)
+            if node.role != pb.MANAGER or request.spec.desired_role != pb.WORKER:
+                return False
+            if node.manager_status.raft_addr != self._m.raft_info()[4]:
+                return False
+            if request.node_version.index != node.meta.version.index:
+                raise SequenceConflict()
+            self._check_demotion(tx, node)
+            return True
+
+        if self._store.view(leader_demoted):
+            await self._m.hand_over_leadership()
+            raise _HandedOver()
+
+    def _check_demotion(self, tx: ReadTx, node: pb.Node) -> None:
+        """Swarm's rules: never the last manager, never a loss of quorum."""
         managers = [n for n in tx.nodes() if n.role == pb.MANAGER]
         if len(managers) <= 1:
             raise FailedPrecondition("attempting to demote the last manager of the swarm")
-        members, reachable, _, _, leader = self._m.raft_info()
-        if node.manager_status.raft_addr == leader:
-            raise FailedPrecondition(
-                f"node {node.id} is the leader: demoting the leader is not supported yet; restart its manager "
-                "so that another one leads, then demote it"
-            )
+        members, reachable, _, _, _ = self._m.raft_info()
         remaining = members - 1
         if reachable - 1 < remaining // 2 + 1:
             raise FailedPrecondition("can't remove member from the raft: this would result in a loss of quorum")
@@ -440,6 +496,7 @@ class ControlServer(api_grpc.ControlServicer):
     async def Info(self, request: api.Empty, context: Any) -> api.InfoResponse:
         reply: api.InfoResponse = await self._route("Info", request, context, self._info)
         reply.node_id = self._m.node_id  # "self" is the manager the client talks to, not the leader
+        reply.store_digest = self._store.digest()
         return reply
 
     async def _info(self, request: api.Empty) -> api.InfoResponse:
@@ -460,6 +517,20 @@ class ControlServer(api_grpc.ControlServicer):
 
         return self._store.view(read)
 
+    async def SubscribeLogs(
+        self, request: api.SubscribeLogsRequest, context: Any
+    ) -> AsyncIterator[api.SubscribeLogsMessage]:
+        """A stream, so not through ``_route``: the log broker serves it or forwards it to the leader."""
+        try:
+            assert self._m.authorizer is not None and self._m.logs is not None
+            self._m.authorizer.require(context, MANAGER_OU)
+        except Denied as err:
+            await context.abort(err.code, str(err))
+            return
+        async with contextlib.aclosing(self._m.logs.subscribe(request, context)) as messages:
+            async for message in messages:
+                yield message
+
     async def JoinManager(self, request: api.JoinManagerRequest, context: Any) -> api.JoinManagerResponse:
         assert self._m.authorizer is not None
         forwarded = FORWARDED_MARK in dict(context.invocation_metadata() or ())
@@ -473,7 +544,9 @@ class ControlServer(api_grpc.ControlServicer):
 def _service_status(service: pb.Service, tasks: list[pb.Task]) -> api.ServiceStatus:
     running = sum(1 for t in tasks if t.status.state == pb.RUNNING)
     completed = sum(1 for t in tasks if t.status.state == pb.COMPLETE)
-    if service.spec.HasField("replicated"):
+    if is_job(service.spec):
+        running, desired, completed = job_service_counts(service, tasks)
+    elif service.spec.HasField("replicated"):
         desired = service.spec.replicated.replicas
     else:
         desired = sum(1 for t in tasks if t.desired_state == pb.RUNNING)

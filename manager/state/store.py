@@ -423,6 +423,18 @@ class MemoryStore:
             snap.clusters.extend(o["cluster"].values())  # type: ignore[arg-type]
             return snap.SerializeToString()
 
+    def digest(self) -> str:
+        """SHA-256 over every object, in ID order: equal on managers that applied the same log."""
+        import hashlib
+
+        h = hashlib.sha256()
+        with self._lock:
+            for table in ("cluster", "node", "service", "task"):
+                objects = self._tables.objects[table]
+                for obj_id in sorted(objects):
+                    h.update(objects[obj_id].SerializeToString(deterministic=True))
+        return h.hexdigest()
+
     def restore(self, data: bytes) -> None:
         snap = pb.StoreSnapshot.FromString(data)
         with self._lock:
