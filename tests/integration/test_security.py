@@ -175,13 +175,14 @@ def _close(unpickled: object) -> None:
     unpickled.close()
 
 
-def _stable_commit_index(manager: ManagerProc) -> tuple[int, int]:
-    """(commit index, term) once no write has committed for a second."""
-    last: list[tuple[int, int]] = []
+def _stable_state(manager: ManagerProc) -> tuple[str, int]:
+    """(store digest, term) once no write has changed the store for a second. (The commit index
+    moves with every read: each one commits an empty read-index entry.)"""
+    last: list[tuple[str, int]] = []
 
     def settled() -> bool:
         info = manager.info()
-        now = (info.raft_commit_index, info.raft_term)
+        now = (info.store_digest, info.raft_term)
         settled = bool(last) and last[-1] == now
         last.append(now)
         return settled
@@ -205,7 +206,7 @@ def test_raft_port_ignores_strangers(cluster_factory: type, tmp_path: Path) -> N
     assert mark.exists()
     mark.unlink()
 
-    before = _stable_commit_index(manager)
+    before = _stable_state(manager)
     tasks_before = {t.id: t.meta.version.index for t in c.tasks("web")}
     host, _, port = manager.addr.rpartition(":")
     payloads = {
@@ -230,8 +231,8 @@ def test_raft_port_ignores_strangers(cluster_factory: type, tmp_path: Path) -> N
     assert not mark.exists()
     assert manager.running()
     info = manager.info()
-    assert (info.raft_commit_index, info.raft_term) == before
+    assert (info.store_digest, info.raft_term) == before
     assert {t.id: t.meta.version.index for t in c.tasks("web")} == tasks_before
     assert [r["Name"] for r in c.cli_json("service", "ls", "--format", "json")] == ["web"]
     c.cli_ok("service", "scale", "-d", "web=2")  # and Raft still commits
-    assert manager.info().raft_commit_index > before[0]
+    assert manager.info().store_digest != before[0]

@@ -20,9 +20,11 @@ from tests.support.cluster import Cluster, minisw_command, poll_until
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 # Prints two lines on stdout and one on stderr, in this order, then idles (and stops on SIGTERM).
-# Docker timestamps each pipe's lines as it reads them: the pause keeps err-one before out-two.
+# The pauses keep the three lines apart in time: Docker reads a container's stdout and stderr
+# separately, so lines written at one moment may be logged in either order.
 STATIC = (
-    'echo "out-one"; echo "err-one" >&2; sleep 0.3; echo "out-two"; trap "exit 0" TERM; while true; do sleep 1; done'
+    'echo "out-one"; sleep 0.3; echo "err-one" >&2; sleep 0.3; echo "out-two"; '
+    'trap "exit 0" TERM; while true; do sleep 1; done'
 )
 # A line every 0.3 s.
 TICKER = 'trap "exit 0" TERM; i=0; while true; do i=$((i+1)); echo "tick-$i"; sleep 0.3; done'
