@@ -108,11 +108,13 @@ def violations(hosts: HostsCluster, ledger: Ledger | None = None) -> list[str]:
         mine = [t for t in live if t.service_id == svc.id]
         running = [t for t in mine if t.status.state == RUNNING]
         if svc.spec.HasField("replicated"):
-            slots = collections.Counter(t.slot for t in mine)
-            want = list(range(1, svc.spec.replicated.replicas + 1))
+            # Exactly its replicas, each slot once. (Which slots: scaling down removes tasks by
+            # node, as Swarm does, not the highest slots.)
             have = sorted(t.slot for t in running)
-            if have != want or any(c > 1 for c in slots.values()):
-                found.append(f"{svc.spec.annotations.name}: running slots {have}, want {want}")
+            slots = collections.Counter(t.slot for t in mine)
+            want = svc.spec.replicated.replicas
+            if len(have) != want or len(set(have)) != len(have) or any(c > 1 for c in slots.values()):
+                found.append(f"{svc.spec.annotations.name}: running slots {have}, want {want} distinct slots")
         elif svc.spec.HasField("global"):
             eligible = {n.id for n in nodes if n.status.state == READY_NODE and n.spec.availability == 0}
             if {t.node_id for t in running} != eligible or len(running) != len(eligible):
