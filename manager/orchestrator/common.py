@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 
 from minisw.manager import ids
 from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, iter_nowait
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.timeutil import now_ts
 
-__all__ = ["invalid_node", "new_task", "restart_condition_allows", "slots_of", "watch_and_tick"]
+__all__ = ["invalid_node", "new_task", "reconcile_each", "restart_condition_allows", "slots_of", "watch_and_tick"]
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile_each(
+    store: MemoryStore, service_ids: Iterable[str], reconcile: Callable[..., None], what: str
+) -> set[str]:
+    """Reconcile each service in a transaction of its own; the IDs whose reconciliation failed,
+    for the caller to retry at its next tick."""
+    failed = set()
+    for service_id in service_ids:
+        try:
+            await store.update(functools.partial(reconcile, service_id=service_id))
+        except Exception:
+            log.exception("reconciling %s %s failed; will retry", what, service_id)
+            failed.add(service_id)
+    return failed
 
 
 def new_task(service: pb.Service, slot: int, node_id: str = "") -> pb.Task:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from minisw.manager.orchestrator.common import new_task, watch_and_tick
+from minisw.manager.orchestrator.common import new_task, reconcile_each, watch_and_tick
 from minisw.manager.orchestrator.restart import RestartSupervisor
 from minisw.manager.orchestrator.update import UpdateSupervisor
 from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, WriteTx
@@ -80,12 +80,7 @@ class GlobalOrchestrator:
         for node_id in removed:
             await self._store.update(functools.partial(_delete_tasks_on, node_id=node_id))
         dirty, self._dirty = self._dirty, set()
-        for service_id in dirty:
-            try:
-                await self._store.update(functools.partial(self._reconcile, service_id=service_id))
-            except Exception:
-                log.exception("reconciling global service %s failed; will retry", service_id)
-                self._dirty.add(service_id)
+        self._dirty |= await reconcile_each(self._store, dirty, self._reconcile, "global service")
 
     def _reconcile(self, tx: WriteTx, service_id: str) -> None:
         service = tx.get_service(service_id)

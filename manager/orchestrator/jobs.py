@@ -15,11 +15,10 @@ while the earlier iteration's unfinished tasks are removed.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 
-from minisw.manager.orchestrator.common import invalid_node, new_task, watch_and_tick
+from minisw.manager.orchestrator.common import invalid_node, new_task, reconcile_each, watch_and_tick
 from minisw.manager.orchestrator.restart import RestartSupervisor
 from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, WriteTx
 from minisw.proto import objects_pb2 as pb
@@ -106,12 +105,7 @@ class JobsOrchestrator:
 
     async def _tick(self) -> None:
         dirty, self._dirty = self._dirty, set()
-        for service_id in dirty:
-            try:
-                await self._store.update(functools.partial(self._reconcile, service_id=service_id))
-            except Exception:
-                log.exception("reconciling job %s failed; will retry", service_id)
-                self._dirty.add(service_id)
+        self._dirty |= await reconcile_each(self._store, dirty, self._reconcile, "job")
 
     def _reconcile(self, tx: WriteTx, service_id: str) -> None:
         service = tx.get_service(service_id)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from minisw.manager.orchestrator.common import (
     invalid_node,
     new_task,
+    reconcile_each,
     restart_condition_allows,
     slots_of,
     watch_and_tick,
@@ -114,12 +115,7 @@ class ReplicatedOrchestrator:
         for service_id in removed:
             await self._store.batch(self._remove_tasks_of(service_id))
         dirty, self._dirty_services = self._dirty_services, set()
-        for service_id in dirty:
-            try:
-                await self._store.update(functools.partial(self._reconcile, service_id=service_id))
-            except Exception:
-                log.exception("reconciling service %s failed; will retry", service_id)
-                self._dirty_services.add(service_id)
+        self._dirty_services |= await reconcile_each(self._store, dirty, self._reconcile, "service")
         rebalance, self._rebalance = self._rebalance, set()
         for service_id in rebalance:
             await self._store.update(functools.partial(self._plan_rebalance, service_id=service_id))
