@@ -229,6 +229,10 @@ class HostNet:
         raise HostError(f"processes {sorted(self.pids(node))} of host {node} survived SIGKILL")
 
     # ---- the host's Docker daemon -------------------------------------------------------
+    def dockerd_running(self, node: str) -> bool:
+        pid = self.dockerd_pid(node)
+        return bool(pid) and pid in self.pids(node)
+
     def dockerd_pid(self, node: str) -> int:
         try:
             return int((self.run_dir / f"{node}.pid").read_text().strip())
@@ -299,7 +303,7 @@ class HostNet:
             have = {name for name, image_id in wanted.items() if _image_id(host, name) == image_id}
             missing = [name for name in IMAGES if name not in have]
             if missing:
-                cache = self._image_cache(machine, wanted)
+                cache = self._image_cache(wanted)
                 with open(cache, "rb") as tar:
                     host.images.load(tar.read())
             return missing
@@ -307,7 +311,7 @@ class HostNet:
             host.close()
             machine.close()
 
-    def _image_cache(self, machine: object, wanted: dict[str, str]) -> Path:
+    def _image_cache(self, wanted: dict[str, str]) -> Path:
         """One `docker save` of the demo images, named for their IDs, so restarts skip it."""
         digest = hashlib.sha1(" ".join(sorted(wanted.values())).encode()).hexdigest()[:12]
         cache = Path(self.directory, "image-cache", f"{digest}.tar")
@@ -321,8 +325,8 @@ class HostNet:
         return cache
 
     def stop_dockerd(self, node: str) -> None:
-        pid = self.dockerd_pid(node)
-        if pid and pid in self.pids(node):
+        if self.dockerd_running(node):
+            pid = self.dockerd_pid(node)
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + DOCKERD_STOP_GRACE
             while pid in self.pids(node) and time.monotonic() < deadline:

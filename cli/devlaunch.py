@@ -125,7 +125,7 @@ def start_host(state: ClusterState, node: str) -> None:
     procs = [p for p in state.processes if p.name == node]
     net.create_switch()
     net.add_host(node, procs[0].address.partition(":")[0])
-    if not net.dockerd_pid(node) or net.dockerd_pid(node) not in net.pids(node):
+    if not net.dockerd_running(node):
         dockerd = Process(node, procs[0].node_role, "dockerd", "", str(net.docker_dir(node) / "dockerd"), [])
         spawn(dockerd, net.start_dockerd(node))
     try:
@@ -282,7 +282,7 @@ def remove_containers(state: ClusterState) -> int:
     for node, node_id in node_ids(state.processes).items():
         if state.hosts_mode:
             net = host_net(state)
-            if not net.dockerd_pid(node) or net.dockerd_pid(node) not in net.pids(node):
+            if not net.dockerd_running(node):
                 continue  # a dead host's daemon: its containers went with it
             client = docker.DockerClient(base_url=net.docker_host(node), timeout=30)
         else:

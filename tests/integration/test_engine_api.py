@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import ssl
 import subprocess
 import urllib.error
@@ -24,7 +23,6 @@ from tests.support.cluster import Cluster, ManagerProc, poll_until
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.docker,
-    pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI"),
 ]
 
 

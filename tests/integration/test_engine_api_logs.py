@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import shutil
 import ssl
 import struct
 import subprocess
@@ -26,7 +25,6 @@ from tests.support.cluster import Cluster, poll_until
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.docker,
-    pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI"),
 ]
 
 # Two lines on stdout and one on stderr, in this order, then idle (the pause orders Docker's stamps).
