@@ -19,6 +19,7 @@ import grpc
 from minisw.agent.exec.docker_adapter import DockerExecutor
 from minisw.agent.ingress import IngressProxy
 from minisw.agent.logs import LogPublisher
+from minisw.agent.networking import KernelNetworking
 from minisw.agent.promotion import Promotion
 from minisw.agent.refusal import refusal_handler
 from minisw.agent.reporter import StatusReporter
@@ -52,6 +53,9 @@ class AgentConfig:
     advertise: str = ""  # the node's address; default: the address we reach the manager from
     docker_host: str | None = None
     control_listen: str = ""  # where a worker answers control calls with Swarm's refusal
+    # "kernel": overlay networks, VIPs and the ingress mesh in nftables (separate hosts, VMs);
+    # "relay": published ports through a userspace relay (nodes sharing one Docker daemon)
+    networking: str = "relay"
 
 
 @dataclass
@@ -95,7 +99,12 @@ class Agent:
         self._executor = DockerExecutor(self._state.node_id, self._advertise, config.docker_host)
         self._reporter = StatusReporter()
         self._worker = Worker(self._executor, self._reporter)
-        self._ingress = IngressProxy(self._advertise)
+        self._ingress: IngressProxy | KernelNetworking
+        if config.networking == "kernel":
+            self._ingress = KernelNetworking(self._executor, self._advertise)
+            self._executor.networking = self._ingress
+        else:
+            self._ingress = IngressProxy(self._advertise)
         self._was_registered = False
         self.tls = TLSFiles(Path(config.data_dir, "tls"))
         self._server: grpc.aio.Server | None = None
@@ -131,6 +140,8 @@ class Agent:
             self._state.managers = reg.managers
             self._state.save(self.config.data_dir)
         self._executor.node_id = reg.node_id
+        if isinstance(self._ingress, KernelNetworking):
+            self._ingress.registered(reg.network_slice)
         self._was_registered = True
         # A manager node whose manager shares this data directory (as `minisw dev` and the Vagrant
         # units run them) already has its manager: only a promoted worker starts one.

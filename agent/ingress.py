@@ -51,6 +51,9 @@ class IngressProxy:
         self._listeners: dict[int, _Listener] = {}
         self._connections: set[asyncio.Task[None]] = set()
 
+    async def set_view(self, view: dpb.NetworkView) -> None:
+        """Overlay networks need the kernel path (agent/networking.py); the relay has no use for them."""
+
     async def set_routes(self, routes: Iterable[dpb.IngressRoute]) -> None:
         wanted: dict[int, list[str]] = {}
         for route in routes:

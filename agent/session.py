@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
-from minisw.agent.ingress import IngressProxy
 from minisw.agent.logs import LogPublisher
 from minisw.agent.reporter import StatusReporter
 from minisw.agent.worker import Worker
@@ -20,7 +20,7 @@ from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
 from minisw.proto.pki import TLSFiles, secure_channel
 from minisw.proto.timeutil import seconds
 
-__all__ = ["LEADER_METADATA", "NotLeader", "Refused", "Registered", "Session", "SessionEnded", "Unresponsive"]
+__all__ = ["LEADER_METADATA", "Mesh", "NotLeader", "Refused", "Registered", "Session", "SessionEnded", "Unresponsive"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,15 @@ class Registered:
     node_id: str
     managers: list[str]
     desired_role: int = 0
+    network_slice: int = 0
+
+
+class Mesh(Protocol):
+    """What carries services between nodes: the userspace relay (agent/ingress.py) or the kernel
+    path (agent/networking.py). Each takes what it needs from the assignment stream."""
+
+    async def set_routes(self, routes: Sequence[dpb.IngressRoute]) -> None: ...
+    async def set_view(self, view: dpb.NetworkView) -> None: ...
 
 
 class Session:
@@ -71,7 +80,7 @@ class Session:
         request: dpb.SessionRequest,
         worker: Worker,
         reporter: StatusReporter,
-        ingress: IngressProxy,
+        ingress: Mesh,
         on_registered: Callable[[Registered], Awaitable[None]],
         tls: TLSFiles,
         logs: LogPublisher | None = None,
@@ -101,7 +110,8 @@ class Session:
                 raise SessionEnded("the manager closed the session at once")
             node_id, session_id = first.node_id, first.session_id
             period = seconds(first.heartbeat_period) or 1.0
-            await self._on_registered(Registered(node_id, [m.addr for m in first.managers], first.desired_role))
+            managers = [m.addr for m in first.managers]
+            await self._on_registered(Registered(node_id, managers, first.desired_role, first.network_slice))
             log.info("session %s open with %s as node %s", session_id[:8], self.addr, node_id)
             self._reporter.resend_all()
             async with asyncio.TaskGroup() as group:
@@ -118,7 +128,8 @@ class Session:
             if message is grpc.aio.EOF:
                 raise SessionEnded("the manager ended the session")
             managers = [m.addr for m in message.managers]
-            await self._on_registered(Registered(message.node_id, managers, message.desired_role))
+            registered = Registered(message.node_id, managers, message.desired_role, message.network_slice)
+            await self._on_registered(registered)
 
     async def _heartbeats(self, stub: dpb_grpc.DispatcherStub, node_id: str, session_id: str, period: float) -> None:
         while True:
@@ -138,6 +149,8 @@ class Session:
         stream = stub.Assignments(dpb.AssignmentsRequest(node_id=node_id, session_id=session_id))
         last = 0
         async for message in stream:
+            if message.network_changed:  # before the tasks: their containers join these networks
+                await self._ingress.set_view(message.network)
             if message.type == dpb.AssignmentsMessage.COMPLETE:
                 await self._worker.assign(message.update_tasks)
             else:

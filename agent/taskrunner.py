@@ -60,6 +60,10 @@ class TaskRunner:
         if isinstance(ports, list):
             del status.port_status.ports[:]
             status.port_status.ports.extend(ports)
+        networks = extra.get("networks")
+        if isinstance(networks, list):
+            del status.networks[:]
+            status.networks.extend(networks)
         self.status = status
         self._report(self.task.id, status)
 
@@ -117,6 +121,7 @@ class TaskRunner:
                 "started",
                 container=pb.ContainerStatus(container_id=started.container_id, pid=started.pid),
                 ports=started.ports,
+                networks=started.networks,
             )
         else:
             await self._watch_running()

@@ -126,6 +126,14 @@ def manager_command(
 @click.option("--advertise", default="", help="This node's address (default: the one that reaches the manager)")
 @click.option("--docker-host", default=None, help="Docker daemon URL (default: $DOCKER_HOST or the local socket)")
 @click.option("--control-listen", default="", help="Answer control API calls here with Swarm's worker refusal")
+@click.option(
+    "--networking",
+    type=click.Choice(["relay", "kernel"]),
+    default="relay",
+    show_default=True,
+    help="kernel: overlay networks, VIPs and the ingress mesh in nftables (a node with its own network "
+    "namespace and Docker daemon); relay: published ports through a userspace relay (nodes sharing one daemon)",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def agent_command(
     data_dir: str,
@@ -136,6 +144,7 @@ def agent_command(
     advertise: str,
     docker_host: str | None,
     control_listen: str,
+    networking: str,
     verbose: bool,
 ) -> None:
     """Run an agent (one per node) in the foreground."""
@@ -157,6 +166,7 @@ def agent_command(
         advertise=advertise,
         docker_host=docker_host,
         control_listen=control_listen,
+        networking=networking,
     )
     try:
         run_until_signalled(Agent(config).run())

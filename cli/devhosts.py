@@ -247,7 +247,9 @@ class HostNet:
         config = data / "daemon.json"
         # A config file of its own: the machine's daemon.json sets data-root, which a second flag
         # for it contradicts. The cgroup parent puts the containers into the host's cgroup.
-        config.write_text(json.dumps({"cgroup-parent": self.cgroup(node)}))
+        # userland-proxy off: hairpin mode on the bridge ports, so a task can reach a VIP that lands
+        # on itself or a neighbour (the nftables table masquerades that path)
+        config.write_text(json.dumps({"cgroup-parent": self.cgroup(node), "userland-proxy": False}))
         # What a killed daemon left: dockerd (and the containerd it runs) refuse to start while a
         # pidfile names a live process, and after a SIGKILL that PID may belong to another one by
         # now; the runtime state of dead shims is garbage too. A host with no process left is

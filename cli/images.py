@@ -1,8 +1,11 @@
 """The demo and test images, built locally: there is no registry to pull from.
 
 ``minisw/web:1`` and ``minisw/web:2`` are Debian's static busybox plus a small init script that
-serves ``<image version> <container hostname>`` over HTTP on port 80 and exits at once on SIGTERM
-(busybox as PID 1 would ignore it and make every stop wait out the grace period).
+serves ``<image version> <container hostname>`` over HTTP on port 80 and the same over UDP on port
+80 (``imagesrc/udpecho.c``, compiled static when the images are built: busybox has no UDP server
+that answers), and exits at once on SIGTERM (busybox as PID 1 would ignore it and make every stop
+wait out the grace period). The label ``org.minisw.test-image`` carries the recipe's version, so
+that images built from an older recipe are built again.
 """
 
 from __future__ import annotations
@@ -11,14 +14,37 @@ import io
 import os
 import shutil
 import tarfile
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 __all__ = ["IMAGES", "build_images", "missing_images"]
 
 IMAGES = ("minisw/web:1", "minisw/web:2")
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
-APPLETS = ("sh", "httpd", "hostname", "sleep", "cat", "echo", "wget", "kill", "ls", "true", "false", "env", "ps")
+APPLETS = (
+    "sh",
+    "httpd",
+    "hostname",
+    "sleep",
+    "cat",
+    "echo",
+    "wget",
+    "kill",
+    "ls",
+    "true",
+    "false",
+    "env",
+    "ps",
+    "nslookup",
+    "timeout",
+    "nc",
+    "seq",
+)
+RECIPE = "2"  # bump when the image's content changes
+UDPECHO_SOURCE = Path(__file__).resolve().parent / "imagesrc" / "udpecho.c"
 
 INIT = """#!/bin/sh
 # Serve "<version> <hostname>" on :80; exit promptly on SIGTERM.
@@ -26,13 +52,14 @@ mkdir -p /www
 echo "{version} $(hostname)" > /www/index.html
 httpd -f -p 80 -h /www &
 child=$!
+/bin/udpecho 80 /www/index.html &
 trap 'kill -TERM $child 2>/dev/null; exit 0' TERM INT
 wait $child
 """
 
 DOCKERFILE = """FROM scratch
 ADD rootfs.tar /
-LABEL org.minisw.test-image=1
+LABEL org.minisw.test-image={recipe}
 CMD ["/init"]
 """
 
@@ -50,6 +77,17 @@ def _busybox() -> bytes:
     return data
 
 
+def _udpecho() -> bytes:
+    """The UDP answerer, compiled static (the image has no C library)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("a C compiler is needed to build the test images: run `apt-get install gcc libc6-dev`")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "udpecho")
+        subprocess.run([cc, "-static", "-Os", "-o", str(out), str(UDPECHO_SOURCE)], check=True)
+        return out.read_bytes()
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o755) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), mode, int(time.time())
@@ -64,6 +102,7 @@ def _context(version: str) -> bytes:
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
             tar.addfile(info)
         _add(tar, "bin/busybox", _busybox())
+        _add(tar, "bin/udpecho", _udpecho())
         for applet in APPLETS:
             link = tarfile.TarInfo(f"bin/{applet}")
             link.type, link.linkname = tarfile.SYMTYPE, "busybox"
@@ -72,7 +111,7 @@ def _context(version: str) -> bytes:
         _add(tar, "etc/passwd", b"root:x:0:0:root:/:/bin/sh\n", 0o644)
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        _add(tar, "Dockerfile", DOCKERFILE.encode(), 0o644)
+        _add(tar, "Dockerfile", DOCKERFILE.format(recipe=RECIPE).encode(), 0o644)
         _add(tar, "rootfs.tar", rootfs.getvalue(), 0o644)
     return context.getvalue()
 
@@ -83,9 +122,12 @@ def missing_images(client: Any) -> list[str]:
     missing = []
     for ref in IMAGES:
         try:
-            client.images.get(ref)
+            image = client.images.get(ref)
         except docker.errors.ImageNotFound:
             missing.append(ref)
+            continue
+        if (image.labels or {}).get("org.minisw.test-image") != RECIPE:
+            missing.append(ref)  # an older recipe
     return missing
 
 

@@ -98,7 +98,9 @@ def _bytes(n: int) -> str:
     return f"{n}B"
 
 
-def pretty_service(s: pb.Service) -> str:
+def pretty_service(s: pb.Service, network_names: Mapping[str, str] | None = None) -> str:
+    """One service as docker's template prints it; ``network_names`` (ID -> name) turn the
+    ``Networks:`` line's targets into names where known, as docker's resolveNetworks does."""
     spec = s.spec
     c = spec.task.container
     lines = ["", f"ID:\t\t{s.id}", f"Name:\t\t{spec.annotations.name}"]
@@ -148,6 +150,10 @@ def pretty_service(s: pb.Service) -> str:
     # (proto/engine.py) always carries it, empty or not, as docker's own `service create` sends it.
     lines.append("Resources:")
     lines += _resources("Reservations", res.reservations) + _resources("Limits", res.limits, c.pids_limit)
+    if spec.task.networks:
+        # docker's template: each name after a space, and one more space before the line ends.
+        names = network_names or {}
+        lines.append("Networks:" + "".join(f" {names.get(a.target, a.target)}" for a in spec.task.networks) + " ")
     lines.append(f"Endpoint Mode:\t{'dnsrr' if spec.endpoint.mode else 'vip'}")
     if s.endpoint.ports:
         lines.append("Ports:")

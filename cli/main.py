@@ -7,6 +7,7 @@ import click
 from minisw.cli.client import Client, resolve_host, resolve_tls_dir
 from minisw.cli.daemon import agent_command, manager_command
 from minisw.cli.dev import dev
+from minisw.cli.network import network
 from minisw.cli.node import node
 from minisw.cli.service import service
 from minisw.proto import control_pb2 as api
@@ -42,6 +43,7 @@ def cli(ctx: click.Context, host: str | None, tls_dir: str | None) -> None:
 
 cli.add_command(service)
 cli.add_command(node)
+cli.add_command(network)
 cli.add_command(manager_command)
 cli.add_command(agent_command)
 cli.add_command(dev)

@@ -20,6 +20,7 @@ from minisw.cli.specflags import (
     config_options,
     create_options,
     mode_options,
+    parse_networks,
     parse_publish,
     shell_words,
     split_kv,
@@ -246,11 +247,18 @@ def inspect(ctx: click.Context, services: tuple[str, ...], pretty: bool, fmt: st
                 raise
             missing.append(ref)
     if pretty:
-        click.echo("\n\n".join(pretty_service(s) for s in found))
+        names = _network_names(client) if any(s.spec.task.networks for s in found) else {}
+        click.echo("\n\n".join(pretty_service(s, names) for s in found))
     else:
         click.echo(json.dumps([service_json(s) for s in found], indent=4))
     if missing:
         raise click.ClickException("\n".join(f"no such service: {m}" for m in missing))
+
+
+def _network_names(client: Client) -> dict[str, str]:
+    """Network ID -> name, for the ``Networks:`` line (docker shows names where it finds them)."""
+    networks = client.call("ListNetworks", api.ListNetworksRequest()).networks
+    return {n.id: n.spec.annotations.name for n in networks}
 
 
 # ---- scale / update / rollback / rm -------------------------------------------------------
@@ -413,6 +421,8 @@ def update(ctx: click.Context, /, service_ref: str, **o: Any) -> None:
         del spec.endpoint.ports[:]
         spec.endpoint.ports.extend(ports)
     apply_common_flags(spec, o, creating=False)
+    if o["network_add"] or o["network_rm"]:
+        _update_networks(client, spec, o["network_add"], o["network_rm"])
     if o["force"]:
         spec.task.force_update += 1
     if o["rebalance"]:
@@ -428,6 +438,32 @@ def update(ctx: click.Context, /, service_ref: str, **o: Any) -> None:
     click.echo(service_ref)
     if not o["detach"]:
         wait_for_service(client, current.id, service_ref, quiet=o["quiet"])
+
+
+def _network_id(client: Client, ref: str) -> str:
+    """A network's ID from its name, ID or ID prefix (the manager's error if there is none)."""
+    return str(client.call("GetNetwork", api.GetNetworkRequest(network_id=ref)).network.id)
+
+
+def _update_networks(client: Client, spec: pb.ServiceSpec, add: tuple[str, ...], rm: tuple[str, ...]) -> None:
+    """docker's updateNetworks: ``--network-rm`` drops the networks it names (resolved to IDs,
+    which is what a stored spec holds), ``--network-add`` attaches new ones by ID and refuses a
+    network the service is already on; the result is sorted by target."""
+    drop = {_network_id(client, ref) for ref in rm}
+    kept = [
+        pb.NetworkAttachmentConfig(target=a.target, aliases=list(a.aliases))
+        for a in spec.task.networks
+        if a.target not in drop
+    ]
+    attached = {a.target for a in kept}
+    for attachment in parse_networks(add, "--network-add"):
+        attachment.target = _network_id(client, attachment.target)
+        if attachment.target in attached:
+            raise click.ClickException(f"service is already attached to network {attachment.target}")
+        attached.add(attachment.target)
+        kept.append(attachment)
+    del spec.task.networks[:]
+    spec.task.networks.extend(sorted(kept, key=lambda a: a.target))
 
 
 def _target_of(value: str) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -34,6 +35,8 @@ __all__ = [
     "config_options",
     "create_options",
     "mode_options",
+    "parse_network",
+    "parse_networks",
     "parse_publish",
     "shell_words",
     "split_kv",
@@ -176,6 +179,12 @@ def create_options(fn: F) -> F:
             click.option("--host", multiple=True, help="Set one or more custom host-to-IP mappings (host:ip)"),
             click.option("--sysctl", multiple=True, help="Sysctl options"),
             click.option("--ulimit", multiple=True, help="Ulimit options"),
+            click.option(
+                "--network",
+                multiple=True,
+                callback=_checked_networks,
+                help="Network attachments: NAME, or name=NAME,alias=ALIAS[,alias=...]",
+            ),
         ],
     )
 
@@ -219,7 +228,73 @@ def update_options(fn: F) -> F:
         check = _checked(name) if name in _ADD_CHECKS else None
         opts.append(click.option(f"--{name}-add", multiple=True, callback=check, help=add_help))
         opts.append(click.option(f"--{name}-rm", multiple=True, help=rm_help))
+    opts.append(
+        click.option(
+            "--network-add",
+            multiple=True,
+            callback=_checked_networks,
+            help="Add a network: NAME, or name=NAME,alias=ALIAS[,alias=...]",
+        )
+    )
+    opts.append(click.option("--network-rm", multiple=True, help="Remove a network (name or ID)"))
     return _add(fn, opts)
+
+
+_NETWORK_LONG_FORM = "name=NETWORK[,alias=ALIAS...]"
+# docker's other fields: minisw gives tasks addresses itself and its networks have no driver options.
+_NETWORK_UNSUPPORTED = {
+    "ip": "static IPv4 addresses are not supported for services",
+    "ip6": "IPv6 is not supported",
+    "driver-opt": "network driver options are not supported",
+}
+
+
+def parse_network(value: str, flag: str = "--network") -> pb.NetworkAttachmentConfig:
+    """docker's ``--network`` value (opts.NetworkOpt): a network name or ID, or the long form
+    ``name=web-net,alias=web,alias=www``. The target stays as typed: the manager resolves it."""
+    attachment = pb.NetworkAttachmentConfig()
+    if "=" not in value:
+        attachment.target = value.strip()
+    else:
+        try:
+            fields = next(csv.reader([value]))
+        except (csv.Error, StopIteration):
+            fields = []
+        for field in fields:
+            key, sep, val = field.partition("=")
+            key, val = key.strip(), val.strip()
+            if not sep or not key:
+                raise click.BadParameter(
+                    f'invalid field "{field}" in "{value}": use {_NETWORK_LONG_FORM}', param_hint=flag
+                )
+            if key == "name":
+                attachment.target = val
+            elif key == "alias":
+                if not val:
+                    raise click.BadParameter(f'empty alias in "{value}"', param_hint=flag)
+                attachment.aliases.append(val)
+            elif key in _NETWORK_UNSUPPORTED:
+                raise click.BadParameter(f'{_NETWORK_UNSUPPORTED[key]} ("{key}" in "{value}")', param_hint=flag)
+            else:
+                raise click.BadParameter(
+                    f'invalid field key "{key}" in "{value}": use {_NETWORK_LONG_FORM}', param_hint=flag
+                )
+    if not attachment.target:
+        raise click.BadParameter(
+            f'network name/id is not specified in "{value}": use NETWORK or {_NETWORK_LONG_FORM}', param_hint=flag
+        )
+    return attachment
+
+
+def parse_networks(values: Sequence[str], flag: str = "--network") -> list[pb.NetworkAttachmentConfig]:
+    """Every ``--network`` value, sorted by target as docker sends them."""
+    return sorted((parse_network(v, flag) for v in values), key=lambda a: a.target)
+
+
+def _checked_networks(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        parse_network(value, f"--{param.name.replace('_', '-')}" if param.name else "--network")
+    return values
 
 
 def mode_options(fn: F) -> F:
@@ -429,6 +504,7 @@ def _apply_container_flags(task: pb.TaskSpec, o: dict[str, Any], *, creating: bo
         add, drop = effective_caps(o["cap_add"], o["cap_drop"])
         c.capability_add.extend(add)
         c.capability_drop.extend(drop)
+        task.networks.extend(parse_networks(o.get("network", ())))
         return
 
     def given(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -21,6 +21,7 @@ from minisw.manager import ids
 from minisw.manager.auth import Authorizer
 from minisw.manager.ca import DEFAULT_CERT_EXPIRY, RootCA
 from minisw.manager.ca_server import NodeCAServer
+from minisw.manager.controlapi.networks import ingress_network
 from minisw.manager.controlapi.server import ControlServer, LogSubscriptions
 from minisw.manager.errors import FailedPrecondition, InvalidArgument, NoQuorum
 from minisw.manager.forward import LeaderForwarder
@@ -394,6 +395,8 @@ class ManagerNode:
                         root_ca_key=root.key_pem,
                     )
                 )
+            if not any(n.spec.ingress for n in tx.networks()):
+                tx.create(ingress_network())
             if tx.get_node(state.node_id) is None:
                 tx.create(_manager_node(state.node_id, state.hostname, state.listen, state.raft_addr))
 

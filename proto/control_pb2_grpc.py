@@ -104,6 +104,26 @@ class ControlStub:
                 request_serializer=minisw_dot_proto_dot_control__pb2.Empty.SerializeToString,
                 response_deserializer=minisw_dot_proto_dot_control__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.CreateNetwork = channel.unary_unary(
+                '/minisw.Control/CreateNetwork',
+                request_serializer=minisw_dot_proto_dot_control__pb2.CreateNetworkRequest.SerializeToString,
+                response_deserializer=minisw_dot_proto_dot_control__pb2.NetworkResponse.FromString,
+                _registered_method=True)
+        self.GetNetwork = channel.unary_unary(
+                '/minisw.Control/GetNetwork',
+                request_serializer=minisw_dot_proto_dot_control__pb2.GetNetworkRequest.SerializeToString,
+                response_deserializer=minisw_dot_proto_dot_control__pb2.NetworkResponse.FromString,
+                _registered_method=True)
+        self.ListNetworks = channel.unary_unary(
+                '/minisw.Control/ListNetworks',
+                request_serializer=minisw_dot_proto_dot_control__pb2.ListNetworksRequest.SerializeToString,
+                response_deserializer=minisw_dot_proto_dot_control__pb2.ListNetworksResponse.FromString,
+                _registered_method=True)
+        self.RemoveNetwork = channel.unary_unary(
+                '/minisw.Control/RemoveNetwork',
+                request_serializer=minisw_dot_proto_dot_control__pb2.RemoveNetworkRequest.SerializeToString,
+                response_deserializer=minisw_dot_proto_dot_control__pb2.Empty.FromString,
+                _registered_method=True)
         self.SubscribeLogs = channel.unary_stream(
                 '/minisw.Control/SubscribeLogs',
                 request_serializer=minisw_dot_proto_dot_control__pb2.SubscribeLogsRequest.SerializeToString,
@@ -203,6 +223,30 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNetworks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubscribeLogs(self, request, context):
         """The logs of services' or tasks' containers, relayed from the agents by the leader.
         """
@@ -289,6 +333,26 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=minisw_dot_proto_dot_control__pb2.Empty.FromString,
                     response_serializer=minisw_dot_proto_dot_control__pb2.InfoResponse.SerializeToString,
+            ),
+            'CreateNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNetwork,
+                    request_deserializer=minisw_dot_proto_dot_control__pb2.CreateNetworkRequest.FromString,
+                    response_serializer=minisw_dot_proto_dot_control__pb2.NetworkResponse.SerializeToString,
+            ),
+            'GetNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNetwork,
+                    request_deserializer=minisw_dot_proto_dot_control__pb2.GetNetworkRequest.FromString,
+                    response_serializer=minisw_dot_proto_dot_control__pb2.NetworkResponse.SerializeToString,
+            ),
+            'ListNetworks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNetworks,
+                    request_deserializer=minisw_dot_proto_dot_control__pb2.ListNetworksRequest.FromString,
+                    response_serializer=minisw_dot_proto_dot_control__pb2.ListNetworksResponse.SerializeToString,
+            ),
+            'RemoveNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNetwork,
+                    request_deserializer=minisw_dot_proto_dot_control__pb2.RemoveNetworkRequest.FromString,
+                    response_serializer=minisw_dot_proto_dot_control__pb2.Empty.SerializeToString,
             ),
             'SubscribeLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeLogs,
@@ -679,6 +743,114 @@ class Control:
             '/minisw.Control/Info',
             minisw_dot_proto_dot_control__pb2.Empty.SerializeToString,
             minisw_dot_proto_dot_control__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minisw.Control/CreateNetwork',
+            minisw_dot_proto_dot_control__pb2.CreateNetworkRequest.SerializeToString,
+            minisw_dot_proto_dot_control__pb2.NetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minisw.Control/GetNetwork',
+            minisw_dot_proto_dot_control__pb2.GetNetworkRequest.SerializeToString,
+            minisw_dot_proto_dot_control__pb2.NetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNetworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minisw.Control/ListNetworks',
+            minisw_dot_proto_dot_control__pb2.ListNetworksRequest.SerializeToString,
+            minisw_dot_proto_dot_control__pb2.ListNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minisw.Control/RemoveNetwork',
+            minisw_dot_proto_dot_control__pb2.RemoveNetworkRequest.SerializeToString,
+            minisw_dot_proto_dot_control__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class ControlStub:
     GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.ClusterResponse]
     RotateJoinToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.ClusterResponse]
     Info: _grpc.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.InfoResponse]
+    CreateNetwork: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateNetworkRequest, _control_pb2.NetworkResponse]
+    GetNetwork: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetNetworkRequest, _control_pb2.NetworkResponse]
+    ListNetworks: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListNetworksRequest, _control_pb2.ListNetworksResponse]
+    RemoveNetwork: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveNetworkRequest, _control_pb2.Empty]
     SubscribeLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.SubscribeLogsRequest, _control_pb2.SubscribeLogsMessage]
     """The logs of services' or tasks' containers, relayed from the agents by the leader."""
     JoinManager: _grpc.UnaryUnaryMultiCallable[_control_pb2.JoinManagerRequest, _control_pb2.JoinManagerResponse]
@@ -67,6 +71,10 @@ class ControlAsyncStub(ControlStub):
     GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.ClusterResponse]  # type: ignore[assignment]
     RotateJoinToken: _aio.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.ClusterResponse]  # type: ignore[assignment]
     Info: _aio.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.InfoResponse]  # type: ignore[assignment]
+    CreateNetwork: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateNetworkRequest, _control_pb2.NetworkResponse]  # type: ignore[assignment]
+    GetNetwork: _aio.UnaryUnaryMultiCallable[_control_pb2.GetNetworkRequest, _control_pb2.NetworkResponse]  # type: ignore[assignment]
+    ListNetworks: _aio.UnaryUnaryMultiCallable[_control_pb2.ListNetworksRequest, _control_pb2.ListNetworksResponse]  # type: ignore[assignment]
+    RemoveNetwork: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveNetworkRequest, _control_pb2.Empty]  # type: ignore[assignment]
     SubscribeLogs: _aio.UnaryStreamMultiCallable[_control_pb2.SubscribeLogsRequest, _control_pb2.SubscribeLogsMessage]  # type: ignore[assignment]
     """The logs of services' or tasks' containers, relayed from the agents by the leader."""
     JoinManager: _aio.UnaryUnaryMultiCallable[_control_pb2.JoinManagerRequest, _control_pb2.JoinManagerResponse]  # type: ignore[assignment]
@@ -170,6 +178,34 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.Empty,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.InfoResponse, _abc.Awaitable[_control_pb2.InfoResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateNetwork(
+        self,
+        request: _control_pb2.CreateNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.NetworkResponse, _abc.Awaitable[_control_pb2.NetworkResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetNetwork(
+        self,
+        request: _control_pb2.GetNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.NetworkResponse, _abc.Awaitable[_control_pb2.NetworkResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListNetworks(
+        self,
+        request: _control_pb2.ListNetworksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListNetworksResponse, _abc.Awaitable[_control_pb2.ListNetworksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveNetwork(
+        self,
+        request: _control_pb2.RemoveNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Empty, _abc.Awaitable[_control_pb2.Empty]]: ...
 
     @_abc_1.abstractmethod
     def SubscribeLogs(

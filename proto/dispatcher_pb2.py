@@ -27,7 +27,7 @@ from minisw.proto import logs_pb2 as minisw_dot_proto_dot_logs__pb2
 from minisw.proto import objects_pb2 as minisw_dot_proto_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dminisw/proto/dispatcher.proto\x12\x06minisw\x1a\x1egoogle/protobuf/duration.proto\x1a\x17minisw/proto/logs.proto\x1a\x1aminisw/proto/objects.proto\"\xcf\x01\n\x0eSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12,\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32\x17.minisw.NodeDescription\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".minisw.SessionRequest.LabelsEntry\x12\x0c\n\x04\x61\x64\x64r\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x0cWeightedPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"\xba\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12&\n\x08managers\x18\x03 \x03(\x0b\x32\x14.minisw.WeightedPeer\x12\x33\n\x10heartbeat_period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x0c\x64\x65sired_role\x18\x05 \x01(\x0e\x32\x10.minisw.NodeRole\"7\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\">\n\x11HeartbeatResponse\x12)\n\x06period\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\x12\x41ssignmentsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x88\x02\n\x12\x41ssignmentsMessage\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.minisw.AssignmentsMessage.Type\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\napplies_to\x18\x03 \x01(\x04\x12\"\n\x0cupdate_tasks\x18\x04 \x03(\x0b\x32\x0c.minisw.Task\x12\x14\n\x0cremove_tasks\x18\x05 \x03(\t\x12\x16\n\x0eroutes_changed\x18\x06 \x01(\x08\x12$\n\x06routes\x18\x07 \x03(\x0b\x32\x14.minisw.IngressRoute\"%\n\x04Type\x12\x0c\n\x08\x43OMPLETE\x10\x00\x12\x0f\n\x0bINCREMENTAL\x10\x01\"{\n\x0cIngressRoute\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x16\n\x0epublished_port\x18\x02 \x01(\r\x12-\n\x08protocol\x18\x03 \x01(\x0e\x32\x1b.minisw.PortConfig.Protocol\x12\x10\n\x08\x62\x61\x63kends\x18\x04 \x03(\t\"\xca\x01\n\x17UpdateTaskStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x41\n\x07updates\x18\x03 \x03(\x0b\x32\x30.minisw.UpdateTaskStatusRequest.TaskStatusUpdate\x1aG\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.minisw.TaskStatus\"\x1a\n\x18UpdateTaskStatusResponse\"A\n\x1aListenSubscriptionsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x88\x01\n\x13SubscriptionMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x08selector\x18\x02 \x01(\x0b\x32\x13.minisw.LogSelector\x12/\n\x07options\x18\x03 \x01(\x0b\x32\x1e.minisw.LogSubscriptionOptions\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"s\n\x12PublishLogsMessage\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12$\n\x08messages\x18\x03 \x03(\x0b\x32\x12.minisw.LogMessage\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"\x15\n\x13PublishLogsResponse2\xcf\x03\n\nDispatcher\x12;\n\x07Session\x12\x16.minisw.SessionRequest\x1a\x16.minisw.SessionMessage0\x01\x12@\n\tHeartbeat\x12\x18.minisw.HeartbeatRequest\x1a\x19.minisw.HeartbeatResponse\x12G\n\x0b\x41ssignments\x12\x1a.minisw.AssignmentsRequest\x1a\x1a.minisw.AssignmentsMessage0\x01\x12U\n\x10UpdateTaskStatus\x12\x1f.minisw.UpdateTaskStatusRequest\x1a .minisw.UpdateTaskStatusResponse\x12X\n\x13ListenSubscriptions\x12\".minisw.ListenSubscriptionsRequest\x1a\x1b.minisw.SubscriptionMessage0\x01\x12H\n\x0bPublishLogs\x12\x1a.minisw.PublishLogsMessage\x1a\x1b.minisw.PublishLogsResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dminisw/proto/dispatcher.proto\x12\x06minisw\x1a\x1egoogle/protobuf/duration.proto\x1a\x17minisw/proto/logs.proto\x1a\x1aminisw/proto/objects.proto\"\xcf\x01\n\x0eSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12,\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32\x17.minisw.NodeDescription\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".minisw.SessionRequest.LabelsEntry\x12\x0c\n\x04\x61\x64\x64r\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x0cWeightedPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"\xd1\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12&\n\x08managers\x18\x03 \x03(\x0b\x32\x14.minisw.WeightedPeer\x12\x33\n\x10heartbeat_period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x0c\x64\x65sired_role\x18\x05 \x01(\x0e\x32\x10.minisw.NodeRole\x12\x15\n\rnetwork_slice\x18\x06 \x01(\r\"7\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\">\n\x11HeartbeatResponse\x12)\n\x06period\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\x12\x41ssignmentsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\xc7\x02\n\x12\x41ssignmentsMessage\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.minisw.AssignmentsMessage.Type\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\napplies_to\x18\x03 \x01(\x04\x12\"\n\x0cupdate_tasks\x18\x04 \x03(\x0b\x32\x0c.minisw.Task\x12\x14\n\x0cremove_tasks\x18\x05 \x03(\t\x12\x16\n\x0eroutes_changed\x18\x06 \x01(\x08\x12$\n\x06routes\x18\x07 \x03(\x0b\x32\x14.minisw.IngressRoute\x12\x17\n\x0fnetwork_changed\x18\x08 \x01(\x08\x12$\n\x07network\x18\t \x01(\x0b\x32\x13.minisw.NetworkView\"%\n\x04Type\x12\x0c\n\x08\x43OMPLETE\x10\x00\x12\x0f\n\x0bINCREMENTAL\x10\x01\"|\n\x0bNetworkView\x12!\n\x08networks\x18\x01 \x03(\x0b\x32\x0f.minisw.Network\x12\x1f\n\x05peers\x18\x02 \x03(\x0b\x32\x10.minisw.PeerNode\x12)\n\x08services\x18\x03 \x03(\x0b\x32\x17.minisw.ServiceEndpoint\"@\n\x08PeerNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\x15\n\rnetwork_slice\x18\x03 \x01(\r\"\xee\x01\n\x0fServiceEndpoint\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x04mode\x18\x03 \x01(\x0e\x32#.minisw.EndpointSpec.ResolutionMode\x12/\n\x0bvirtual_ips\x18\x04 \x03(\x0b\x32\x1a.minisw.Endpoint.VirtualIP\x12!\n\x05ports\x18\x05 \x03(\x0b\x32\x12.minisw.PortConfig\x12!\n\x08\x62\x61\x63kends\x18\x06 \x03(\x0b\x32\x0f.minisw.Backend\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\"R\n\x07\x42\x61\x63kend\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12%\n\x05\x61\x64\x64rs\x18\x03 \x03(\x0b\x32\x16.minisw.NetworkAddress\"{\n\x0cIngressRoute\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x16\n\x0epublished_port\x18\x02 \x01(\r\x12-\n\x08protocol\x18\x03 \x01(\x0e\x32\x1b.minisw.PortConfig.Protocol\x12\x10\n\x08\x62\x61\x63kends\x18\x04 \x03(\t\"\xca\x01\n\x17UpdateTaskStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x41\n\x07updates\x18\x03 \x03(\x0b\x32\x30.minisw.UpdateTaskStatusRequest.TaskStatusUpdate\x1aG\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.minisw.TaskStatus\"\x1a\n\x18UpdateTaskStatusResponse\"A\n\x1aListenSubscriptionsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x88\x01\n\x13SubscriptionMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x08selector\x18\x02 \x01(\x0b\x32\x13.minisw.LogSelector\x12/\n\x07options\x18\x03 \x01(\x0b\x32\x1e.minisw.LogSubscriptionOptions\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"s\n\x12PublishLogsMessage\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12$\n\x08messages\x18\x03 \x03(\x0b\x32\x12.minisw.LogMessage\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"\x15\n\x13PublishLogsResponse2\xcf\x03\n\nDispatcher\x12;\n\x07Session\x12\x16.minisw.SessionRequest\x1a\x16.minisw.SessionMessage0\x01\x12@\n\tHeartbeat\x12\x18.minisw.HeartbeatRequest\x1a\x19.minisw.HeartbeatResponse\x12G\n\x0b\x41ssignments\x12\x1a.minisw.AssignmentsRequest\x1a\x1a.minisw.AssignmentsMessage0\x01\x12U\n\x10UpdateTaskStatus\x12\x1f.minisw.UpdateTaskStatusRequest\x1a .minisw.UpdateTaskStatusResponse\x12X\n\x13ListenSubscriptions\x12\".minisw.ListenSubscriptionsRequest\x1a\x1b.minisw.SubscriptionMessage0\x01\x12H\n\x0bPublishLogs\x12\x1a.minisw.PublishLogsMessage\x1a\x1b.minisw.PublishLogsResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,33 +43,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEIGHTEDPEER']._serialized_start=336
   _globals['_WEIGHTEDPEER']._serialized_end=381
   _globals['_SESSIONMESSAGE']._serialized_start=384
-  _globals['_SESSIONMESSAGE']._serialized_end=570
-  _globals['_HEARTBEATREQUEST']._serialized_start=572
-  _globals['_HEARTBEATREQUEST']._serialized_end=627
-  _globals['_HEARTBEATRESPONSE']._serialized_start=629
-  _globals['_HEARTBEATRESPONSE']._serialized_end=691
-  _globals['_ASSIGNMENTSREQUEST']._serialized_start=693
-  _globals['_ASSIGNMENTSREQUEST']._serialized_end=750
-  _globals['_ASSIGNMENTSMESSAGE']._serialized_start=753
-  _globals['_ASSIGNMENTSMESSAGE']._serialized_end=1017
-  _globals['_ASSIGNMENTSMESSAGE_TYPE']._serialized_start=980
-  _globals['_ASSIGNMENTSMESSAGE_TYPE']._serialized_end=1017
-  _globals['_INGRESSROUTE']._serialized_start=1019
-  _globals['_INGRESSROUTE']._serialized_end=1142
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=1145
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=1347
-  _globals['_UPDATETASKSTATUSREQUEST_TASKSTATUSUPDATE']._serialized_start=1276
-  _globals['_UPDATETASKSTATUSREQUEST_TASKSTATUSUPDATE']._serialized_end=1347
-  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_start=1349
-  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_end=1375
-  _globals['_LISTENSUBSCRIPTIONSREQUEST']._serialized_start=1377
-  _globals['_LISTENSUBSCRIPTIONSREQUEST']._serialized_end=1442
-  _globals['_SUBSCRIPTIONMESSAGE']._serialized_start=1445
-  _globals['_SUBSCRIPTIONMESSAGE']._serialized_end=1581
-  _globals['_PUBLISHLOGSMESSAGE']._serialized_start=1583
-  _globals['_PUBLISHLOGSMESSAGE']._serialized_end=1698
-  _globals['_PUBLISHLOGSRESPONSE']._serialized_start=1700
-  _globals['_PUBLISHLOGSRESPONSE']._serialized_end=1721
-  _globals['_DISPATCHER']._serialized_start=1724
-  _globals['_DISPATCHER']._serialized_end=2187
+  _globals['_SESSIONMESSAGE']._serialized_end=593
+  _globals['_HEARTBEATREQUEST']._serialized_start=595
+  _globals['_HEARTBEATREQUEST']._serialized_end=650
+  _globals['_HEARTBEATRESPONSE']._serialized_start=652
+  _globals['_HEARTBEATRESPONSE']._serialized_end=714
+  _globals['_ASSIGNMENTSREQUEST']._serialized_start=716
+  _globals['_ASSIGNMENTSREQUEST']._serialized_end=773
+  _globals['_ASSIGNMENTSMESSAGE']._serialized_start=776
+  _globals['_ASSIGNMENTSMESSAGE']._serialized_end=1103
+  _globals['_ASSIGNMENTSMESSAGE_TYPE']._serialized_start=1066
+  _globals['_ASSIGNMENTSMESSAGE_TYPE']._serialized_end=1103
+  _globals['_NETWORKVIEW']._serialized_start=1105
+  _globals['_NETWORKVIEW']._serialized_end=1229
+  _globals['_PEERNODE']._serialized_start=1231
+  _globals['_PEERNODE']._serialized_end=1295
+  _globals['_SERVICEENDPOINT']._serialized_start=1298
+  _globals['_SERVICEENDPOINT']._serialized_end=1536
+  _globals['_BACKEND']._serialized_start=1538
+  _globals['_BACKEND']._serialized_end=1620
+  _globals['_INGRESSROUTE']._serialized_start=1622
+  _globals['_INGRESSROUTE']._serialized_end=1745
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=1748
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=1950
+  _globals['_UPDATETASKSTATUSREQUEST_TASKSTATUSUPDATE']._serialized_start=1879
+  _globals['_UPDATETASKSTATUSREQUEST_TASKSTATUSUPDATE']._serialized_end=1950
+  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_start=1952
+  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_end=1978
+  _globals['_LISTENSUBSCRIPTIONSREQUEST']._serialized_start=1980
+  _globals['_LISTENSUBSCRIPTIONSREQUEST']._serialized_end=2045
+  _globals['_SUBSCRIPTIONMESSAGE']._serialized_start=2048
+  _globals['_SUBSCRIPTIONMESSAGE']._serialized_end=2184
+  _globals['_PUBLISHLOGSMESSAGE']._serialized_start=2186
+  _globals['_PUBLISHLOGSMESSAGE']._serialized_end=2301
+  _globals['_PUBLISHLOGSRESPONSE']._serialized_start=2303
+  _globals['_PUBLISHLOGSRESPONSE']._serialized_end=2324
+  _globals['_DISPATCHER']._serialized_start=2327
+  _globals['_DISPATCHER']._serialized_end=2790
 # @@protoc_insertion_point(module_scope)

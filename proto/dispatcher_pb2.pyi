@@ -109,10 +109,13 @@ class SessionMessage(_message.Message):
     MANAGERS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_PERIOD_FIELD_NUMBER: _builtins.int
     DESIRED_ROLE_FIELD_NUMBER: _builtins.int
+    NETWORK_SLICE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     node_id: _builtins.str
     desired_role: _objects_pb2.NodeRole.ValueType
     """a worker told MANAGER starts a manager (promotion)"""
+    network_slice: _builtins.int
+    """this node's part of every network (proto/netaddr.py)"""
     @_builtins.property
     def managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeightedPeer]: ...
     @_builtins.property
@@ -125,10 +128,11 @@ class SessionMessage(_message.Message):
         managers: _abc.Iterable[Global___WeightedPeer] | None = ...,
         heartbeat_period: _duration_pb2.Duration | None = ...,
         desired_role: _objects_pb2.NodeRole.ValueType = ...,
+        network_slice: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_period", b"heartbeat_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_role", b"desired_role", "heartbeat_period", b"heartbeat_period", "managers", b"managers", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_role", b"desired_role", "heartbeat_period", b"heartbeat_period", "managers", b"managers", "network_slice", b"network_slice", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,18 +226,24 @@ class AssignmentsMessage(_message.Message):
     REMOVE_TASKS_FIELD_NUMBER: _builtins.int
     ROUTES_CHANGED_FIELD_NUMBER: _builtins.int
     ROUTES_FIELD_NUMBER: _builtins.int
+    NETWORK_CHANGED_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     type: Global___AssignmentsMessage.Type.ValueType
     sequence: _builtins.int
     applies_to: _builtins.int
     """the sequence this change set builds on"""
     routes_changed: _builtins.bool
     """The routing mesh: when routes_changed, routes is the whole new table."""
+    network_changed: _builtins.bool
+    """Kernel networking (separate hosts, VMs): when network_changed, network is the whole view."""
     @_builtins.property
     def update_tasks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Task]: ...
     @_builtins.property
     def remove_tasks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngressRoute]: ...
+    @_builtins.property
+    def network(self) -> Global___NetworkView: ...
     def __init__(
         self,
         *,
@@ -244,14 +254,146 @@ class AssignmentsMessage(_message.Message):
         remove_tasks: _abc.Iterable[_builtins.str] | None = ...,
         routes_changed: _builtins.bool = ...,
         routes: _abc.Iterable[Global___IngressRoute] | None = ...,
+        network_changed: _builtins.bool = ...,
+        network: Global___NetworkView | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applies_to", b"applies_to", "remove_tasks", b"remove_tasks", "routes", b"routes", "routes_changed", b"routes_changed", "sequence", b"sequence", "type", b"type", "update_tasks", b"update_tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applies_to", b"applies_to", "network", b"network", "network_changed", b"network_changed", "remove_tasks", b"remove_tasks", "routes", b"routes", "routes_changed", b"routes_changed", "sequence", b"sequence", "type", b"type", "update_tasks", b"update_tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssignmentsMessage: _TypeAlias = AssignmentsMessage  # noqa: Y015
+
+@_typing.final
+class NetworkView(_message.Message):
+    """What a node needs to wire the cluster's networks into its kernel: the networks, where every
+    other node's slice lives, and each service's VIPs, published ports and running tasks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Network]: ...
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerNode]: ...
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceEndpoint]: ...
+    def __init__(
+        self,
+        *,
+        networks: _abc.Iterable[_objects_pb2.Network] | None = ...,
+        peers: _abc.Iterable[Global___PeerNode] | None = ...,
+        services: _abc.Iterable[Global___ServiceEndpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks", "peers", b"peers", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkView: _TypeAlias = NetworkView  # noqa: Y015
+
+@_typing.final
+class PeerNode(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDR_FIELD_NUMBER: _builtins.int
+    NETWORK_SLICE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    addr: _builtins.str
+    network_slice: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        addr: _builtins.str = ...,
+        network_slice: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "network_slice", b"network_slice", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerNode: _TypeAlias = PeerNode  # noqa: Y015
+
+@_typing.final
+class ServiceEndpoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    VIRTUAL_IPS_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    BACKENDS_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    name: _builtins.str
+    mode: _objects_pb2.EndpointSpec.ResolutionMode.ValueType
+    @_builtins.property
+    def virtual_ips(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Endpoint.VirtualIP]: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.PortConfig]:
+        """published in ingress mode"""
+
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedCompositeFieldContainer[Global___Backend]:
+        """running tasks"""
+
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """other names it answers to (per network: not yet)"""
+
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        mode: _objects_pb2.EndpointSpec.ResolutionMode.ValueType = ...,
+        virtual_ips: _abc.Iterable[_objects_pb2.Endpoint.VirtualIP] | None = ...,
+        ports: _abc.Iterable[_objects_pb2.PortConfig] | None = ...,
+        backends: _abc.Iterable[Global___Backend] | None = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "backends", b"backends", "mode", b"mode", "name", b"name", "ports", b"ports", "service_id", b"service_id", "virtual_ips", b"virtual_ips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceEndpoint: _TypeAlias = ServiceEndpoint  # noqa: Y015
+
+@_typing.final
+class Backend(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRS_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    node_id: _builtins.str
+    @_builtins.property
+    def addrs(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.NetworkAddress]: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        addrs: _abc.Iterable[_objects_pb2.NetworkAddress] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "node_id", b"node_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Backend: _TypeAlias = Backend  # noqa: Y015
 
 @_typing.final
 class IngressRoute(_message.Message):

@@ -7,6 +7,7 @@ Docker API later is this translation and nothing more.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +15,20 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from minisw.proto import objects_pb2 as pb
+from minisw.proto.model import task_name
+from minisw.proto.netaddr import NetworkPlan
 
-__all__ = ["node_json", "rfc3339", "service_json", "swarm_json", "task_json", "task_spec_json"]
+__all__ = [
+    "network_json",
+    "network_services_json",
+    "node_json",
+    "rfc3339",
+    "service_json",
+    "swarm_json",
+    "swarm_network_json",
+    "task_json",
+    "task_spec_json",
+]
 
 _RESTART = {0: "none", 1: "on-failure", 2: "any"}
 _FAILURE_ACTION = {0: "pause", 1: "continue", 2: "rollback"}
@@ -57,7 +70,7 @@ def _put(out: dict[str, Any], key: str, value: Any) -> None:
         out[key] = value
 
 
-def _meta(obj: pb.Service | pb.Task | pb.Node, out: dict[str, Any]) -> None:
+def _meta(obj: pb.Service | pb.Task | pb.Node | pb.Network, out: dict[str, Any]) -> None:
     out["ID"] = obj.id
     out["Version"] = {"Index": obj.meta.version.index}
     out["CreatedAt"] = rfc3339(obj.meta.created_at)
@@ -171,12 +184,19 @@ def task_spec_json(t: pb.TaskSpec) -> dict[str, Any]:
         [{"Architecture": p.architecture, "OS": p.os} for p in t.placement.platforms],
     )
     out["Placement"] = placement
+    _put(out, "Networks", [_attachment(a) for a in t.networks])
     if t.HasField("log_driver"):
         log: dict[str, Any] = {"Name": t.log_driver.name}
         _put(log, "Options", dict(t.log_driver.options))
         out["LogDriver"] = log
     out["ForceUpdate"] = t.force_update
     out["Runtime"] = "container"
+    return out
+
+
+def _attachment(a: pb.NetworkAttachmentConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"Target": a.target}
+    _put(out, "Aliases", list(a.aliases))
     return out
 
 
@@ -240,6 +260,7 @@ def service_json(s: pb.Service) -> dict[str, Any]:
         out["PreviousSpec"] = _service_spec(s.previous_spec)
     endpoint: dict[str, Any] = {"Spec": _endpoint_spec(s.endpoint.spec)}
     _put(endpoint, "Ports", [_port(p) for p in s.endpoint.ports])
+    _put(endpoint, "VirtualIPs", [{"NetworkID": v.network_id, "Addr": v.addr} for v in s.endpoint.virtual_ips])
     out["Endpoint"] = endpoint
     if s.HasField("update_status") and s.update_status.state:
         us: dict[str, Any] = {"State": _UPDATE_STATE[s.update_status.state]}
@@ -257,7 +278,9 @@ def service_json(s: pb.Service) -> dict[str, Any]:
     return out
 
 
-def task_json(t: pb.Task) -> dict[str, Any]:
+def task_json(t: pb.Task, networks: Mapping[str, pb.Network] | None = None) -> dict[str, Any]:
+    """A task as ``GET /tasks/{id}`` shows it; ``networks`` (by ID) describe the networks its
+    addresses are on (a network missing from it is left out of ``NetworksAttachments``)."""
     out: dict[str, Any] = {}
     _meta(t, out)
     out["Labels"] = {}
@@ -280,8 +303,126 @@ def task_json(t: pb.Task) -> dict[str, Any]:
     status["PortStatus"] = {"Ports": host_ports} if host_ports else {}
     out["Status"] = status
     out["DesiredState"] = pb.TaskState.Name(t.desired_state).lower()
+    _put(out, "NetworksAttachments", _network_attachments(t, networks or {}))
     if t.HasField("job_iteration"):
         out["JobIteration"] = {"Index": t.job_iteration.index}
+    return out
+
+
+def _network_attachments(t: pb.Task, networks: Mapping[str, pb.Network]) -> list[dict[str, Any]]:
+    """Swarm's ``NetworksAttachments``: each network the task has an address on, the address
+    written with the network's prefix length (``10.1.3.5/16``)."""
+    out = []
+    for addr in t.status.networks:
+        network = networks.get(addr.network_id)
+        if network is None:
+            continue
+        address = NetworkPlan(network.subnet).with_prefix(addr.addr) if network.subnet else addr.addr
+        out.append({"Network": swarm_network_json(network), "Addresses": [address]})
+    return out
+
+
+def _ipam_configs(n: pb.Network) -> list[dict[str, str]]:
+    if not n.subnet:
+        return []
+    return [{"Subnet": n.subnet, "Gateway": _gateway(n.subnet)}]
+
+
+def _gateway(subnet: str) -> str:
+    """The subnet's first address, which Swarm reserves as the network's gateway (and minisw
+    leaves out of the VIP range for the same reason)."""
+    return str(NetworkPlan(subnet).subnet.network_address + 1)
+
+
+def swarm_network_json(n: pb.Network) -> dict[str, Any]:
+    """The network as swarm's API types have it (``swarm.Network``), as in a task's
+    ``NetworksAttachments``."""
+    out: dict[str, Any] = {}
+    _meta(n, out)
+    spec: dict[str, Any] = {"Name": n.spec.annotations.name, "Labels": dict(n.spec.annotations.labels)}
+    spec["DriverConfiguration"] = {"Name": n.spec.driver or "overlay"}
+    _put(spec, "Attachable", n.spec.attachable)
+    _put(spec, "Ingress", n.spec.ingress)
+    ipam_spec: dict[str, Any] = {"Driver": {"Name": "default"}}
+    if n.spec.subnet:
+        ipam_spec["Configs"] = [{"Subnet": n.spec.subnet}]
+    spec["IPAMOptions"] = ipam_spec
+    spec["Scope"] = "swarm"
+    out["Spec"] = spec
+    out["DriverState"] = {"Name": n.spec.driver or "overlay"}
+    ipam: dict[str, Any] = {"Driver": {"Name": "default"}}
+    _put(ipam, "Configs", _ipam_configs(n))
+    out["IPAMOptions"] = ipam
+    return out
+
+
+def network_json(n: pb.Network, services: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``docker network inspect`` of a swarm network (``network.Inspect``); ``services`` is what
+    ``--verbose`` adds (``network_services_json``)."""
+    out: dict[str, Any] = {
+        "Name": n.spec.annotations.name,
+        "Id": n.id,
+        "Created": rfc3339(n.meta.created_at),
+        "Scope": "swarm",
+        "Driver": n.spec.driver or "overlay",
+        "EnableIPv4": True,
+        "EnableIPv6": False,
+        "IPAM": {"Driver": "default", "Options": None, "Config": _ipam_configs(n)},
+        "Internal": False,
+        "Attachable": n.spec.attachable,
+        "Ingress": n.spec.ingress,
+        "ConfigFrom": {"Network": ""},
+        "ConfigOnly": False,
+        "Containers": {},
+        # Swarm lists the VXLAN IDs here; minisw routes between the nodes' parts of the subnet
+        # instead (proto/netaddr.py), so there is no driver option to show.
+        "Options": {},
+        "Labels": dict(n.spec.annotations.labels),
+    }
+    if services is not None:
+        out["Services"] = dict(services)
+    return out
+
+
+def network_services_json(
+    n: pb.Network, services: Iterable[pb.Service], tasks: Iterable[pb.Task], nodes: Iterable[pb.Node]
+) -> dict[str, Any]:
+    """What ``docker network inspect --verbose`` adds for a swarm network: each service on it by
+    name, with its VIP there (empty in dnsrr mode), its ingress ports, and its running tasks'
+    addresses on the network with their nodes' addresses."""
+    node_addr = {node.id: node.status.addr for node in nodes}
+    by_service: dict[str, list[pb.Task]] = {}
+    for t in tasks:
+        by_service.setdefault(t.service_id, []).append(t)
+    out: dict[str, Any] = {}
+    for s in sorted(services, key=lambda s: s.spec.annotations.name):
+        vips = [v.addr for v in s.endpoint.virtual_ips if v.network_id == n.id]
+        attached = any(a.target == n.id for a in s.spec.task.networks)
+        if not vips and not attached:
+            continue
+        running = []
+        for t in sorted(by_service.get(s.id, []), key=lambda t: (t.slot, t.node_id, t.id)):
+            if t.status.state != pb.RUNNING or t.desired_state != pb.RUNNING:
+                continue
+            for addr in t.status.networks:
+                if addr.network_id == n.id:
+                    running.append(
+                        {
+                            "Name": f"{task_name(s.spec.annotations.name, t)}.{t.id}",
+                            "EndpointIP": addr.addr,
+                            "Info": {"Host IP": node_addr.get(t.node_id, "")},
+                        }
+                    )
+        ports = [
+            f"Target: {p.target_port}, Publish: {p.published_port}"
+            for p in s.endpoint.ports
+            if p.publish_mode == pb.PortConfig.INGRESS
+        ]
+        out[s.spec.annotations.name] = {
+            "VIP": vips[0].split("/")[0] if vips else "",
+            "Ports": ports,
+            "Tasks": running,
+        }
     return out
 
 

@@ -800,6 +800,7 @@ class TaskSpec(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     FORCE_UPDATE_FIELD_NUMBER: _builtins.int
     LOG_DRIVER_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     force_update: _builtins.int
     @_builtins.property
     def container(self) -> Global___ContainerSpec: ...
@@ -815,6 +816,10 @@ class TaskSpec(_message.Message):
     def log_driver(self) -> Global___Driver:
         """absent: the engine's default driver"""
 
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAttachmentConfig]:
+        """targets are network IDs once stored"""
+
     def __init__(
         self,
         *,
@@ -824,14 +829,40 @@ class TaskSpec(_message.Message):
         placement: Global___Placement | None = ...,
         force_update: _builtins.int = ...,
         log_driver: Global___Driver | None = ...,
+        networks: _abc.Iterable[Global___NetworkAttachmentConfig] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "log_driver", b"log_driver", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "log_driver", b"log_driver", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "log_driver", b"log_driver", "networks", b"networks", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class NetworkAttachmentConfig(_message.Message):
+    """A service's place on a network (swarmkit's NetworkAttachmentConfig)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkAttachmentConfig: _TypeAlias = NetworkAttachmentConfig  # noqa: Y015
 
 @_typing.final
 class UpdateConfig(_message.Message):
@@ -1134,23 +1165,50 @@ Global___ServiceSpec: _TypeAlias = ServiceSpec  # noqa: Y015
 class Endpoint(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class VirtualIP(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NETWORK_ID_FIELD_NUMBER: _builtins.int
+        ADDR_FIELD_NUMBER: _builtins.int
+        network_id: _builtins.str
+        addr: _builtins.str
+        """the VIP, e.g. 10.1.0.2/16 as Swarm shows it"""
+        def __init__(
+            self,
+            *,
+            network_id: _builtins.str = ...,
+            addr: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "network_id", b"network_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SPEC_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    VIRTUAL_IPS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def spec(self) -> Global___EndpointSpec: ...
     @_builtins.property
     def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortConfig]:
         """resolved, with assigned published ports"""
 
+    @_builtins.property
+    def virtual_ips(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint.VirtualIP]:
+        """one per network (ingress included) in vip mode"""
+
     def __init__(
         self,
         *,
         spec: Global___EndpointSpec | None = ...,
         ports: _abc.Iterable[Global___PortConfig] | None = ...,
+        virtual_ips: _abc.Iterable[Global___Endpoint.VirtualIP] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports", "spec", b"spec", "virtual_ips", b"virtual_ips"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1334,6 +1392,32 @@ class PortStatus(_message.Message):
 Global___PortStatus: _TypeAlias = PortStatus  # noqa: Y015
 
 @_typing.final
+class NetworkAddress(_message.Message):
+    """The address a task's container got on one network (the agent reports it; Docker's IPAM picks
+    it inside the node's slice of the network).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    ADDR_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    addr: _builtins.str
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        addr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "network_id", b"network_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkAddress: _TypeAlias = NetworkAddress  # noqa: Y015
+
+@_typing.final
 class TaskStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1345,6 +1429,7 @@ class TaskStatus(_message.Message):
     PORT_STATUS_FIELD_NUMBER: _builtins.int
     APPLIED_BY_FIELD_NUMBER: _builtins.int
     APPLIED_AT_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     state: Global___TaskState.ValueType
     message: _builtins.str
     err: _builtins.str
@@ -1361,6 +1446,8 @@ class TaskStatus(_message.Message):
     def applied_at(self) -> _timestamp_pb2.Timestamp:
         """the manager's clock"""
 
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAddress]: ...
     def __init__(
         self,
         *,
@@ -1372,10 +1459,11 @@ class TaskStatus(_message.Message):
         port_status: Global___PortStatus | None = ...,
         applied_by: _builtins.str = ...,
         applied_at: _timestamp_pb2.Timestamp | None = ...,
+        networks: _abc.Iterable[Global___NetworkAddress] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["applied_at", b"applied_at", "container", b"container", "port_status", b"port_status", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_at", b"applied_at", "applied_by", b"applied_by", "container", b"container", "err", b"err", "message", b"message", "port_status", b"port_status", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_at", b"applied_at", "applied_by", b"applied_by", "container", b"container", "err", b"err", "message", b"message", "networks", b"networks", "port_status", b"port_status", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1676,8 +1764,13 @@ class Node(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     MANAGER_STATUS_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    NETWORK_SLICE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     role: Global___NodeRole.ValueType
+    network_slice: _builtins.int
+    """The node's slice in every network (1, 2, ...; given once, at its first session): its tasks
+    take addresses from that part of each network's subnet, and the other nodes route it there.
+    """
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -1698,10 +1791,11 @@ class Node(_message.Message):
         status: Global___NodeStatus | None = ...,
         manager_status: Global___ManagerStatus | None = ...,
         role: Global___NodeRole.ValueType = ...,
+        network_slice: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "manager_status", b"manager_status", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "id", b"id", "manager_status", b"manager_status", "meta", b"meta", "role", b"role", "spec", b"spec", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "id", b"id", "manager_status", b"manager_status", "meta", b"meta", "network_slice", b"network_slice", "role", b"role", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1825,10 +1919,13 @@ class Cluster(_message.Message):
     ROOT_CA_CERT_FIELD_NUMBER: _builtins.int
     ROOT_CA_KEY_FIELD_NUMBER: _builtins.int
     REMOVED_NODES_FIELD_NUMBER: _builtins.int
+    LAST_NETWORK_SLICE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     root_ca_cert: _builtins.bytes
     """The root CA. The store lives on managers only, and the control API never returns the key."""
     root_ca_key: _builtins.bytes
+    last_network_slice: _builtins.int
+    """the last slice given to a node (writes to it serialise)"""
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -1849,14 +1946,86 @@ class Cluster(_message.Message):
         root_ca_cert: _builtins.bytes = ...,
         root_ca_key: _builtins.bytes = ...,
         removed_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        last_network_slice: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["join_tokens", b"join_tokens", "meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "join_tokens", b"join_tokens", "meta", b"meta", "removed_nodes", b"removed_nodes", "root_ca_cert", b"root_ca_cert", "root_ca_key", b"root_ca_key", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "join_tokens", b"join_tokens", "last_network_slice", b"last_network_slice", "meta", b"meta", "removed_nodes", b"removed_nodes", "root_ca_cert", b"root_ca_cert", "root_ca_key", b"root_ca_key", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class NetworkSpec(_message.Message):
+    """An overlay network (Swarm's `docker network create -d overlay`). The managers own its address
+    plan: the subnet's first part holds the services' VIPs, part k holds the tasks of the node
+    whose network_slice is k (proto/netaddr.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    DRIVER_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    INGRESS_FIELD_NUMBER: _builtins.int
+    ATTACHABLE_FIELD_NUMBER: _builtins.int
+    driver: _builtins.str
+    """"overlay" """
+    subnet: _builtins.str
+    """asked for; empty: the next one from the default pool"""
+    ingress: _builtins.bool
+    """the routing mesh's network"""
+    attachable: _builtins.bool
+    @_builtins.property
+    def annotations(self) -> Global___Annotations: ...
+    def __init__(
+        self,
+        *,
+        annotations: Global___Annotations | None = ...,
+        driver: _builtins.str = ...,
+        subnet: _builtins.str = ...,
+        ingress: _builtins.bool = ...,
+        attachable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "attachable", b"attachable", "driver", b"driver", "ingress", b"ingress", "subnet", b"subnet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkSpec: _TypeAlias = NetworkSpec  # noqa: Y015
+
+@_typing.final
+class Network(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    subnet: _builtins.str
+    """the subnet in use (CIDR)"""
+    @_builtins.property
+    def meta(self) -> Global___Meta: ...
+    @_builtins.property
+    def spec(self) -> Global___NetworkSpec: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        meta: Global___Meta | None = ...,
+        spec: Global___NetworkSpec | None = ...,
+        subnet: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "spec", b"spec", "subnet", b"subnet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Network: _TypeAlias = Network  # noqa: Y015
 
 @_typing.final
 class StoreAction(_message.Message):
@@ -1884,6 +2053,7 @@ class StoreAction(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     kind: Global___StoreAction.Kind.ValueType
     @_builtins.property
     def service(self) -> Global___Service: ...
@@ -1893,6 +2063,8 @@ class StoreAction(_message.Message):
     def node(self) -> Global___Node: ...
     @_builtins.property
     def cluster(self) -> Global___Cluster: ...
+    @_builtins.property
+    def network(self) -> Global___Network: ...
     def __init__(
         self,
         *,
@@ -1901,12 +2073,13 @@ class StoreAction(_message.Message):
         task: Global___Task | None = ...,
         node: Global___Node | None = ...,
         cluster: Global___Cluster | None = ...,
+        network: Global___Network | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "node", b"node", "service", b"service", "target", b"target", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "network", b"network", "node", b"node", "service", b"service", "target", b"target", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "node", b"node", "service", b"service", "target", b"target", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "network", b"network", "node", b"node", "service", b"service", "target", b"target", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["service", "task", "node", "cluster"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["service", "task", "node", "cluster", "network"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
@@ -1946,6 +2119,7 @@ class StoreSnapshot(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     CLUSTERS_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___Service]: ...
     @_builtins.property
@@ -1954,6 +2128,8 @@ class StoreSnapshot(_message.Message):
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
     @_builtins.property
     def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cluster]: ...
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Network]: ...
     def __init__(
         self,
         *,
@@ -1961,10 +2137,11 @@ class StoreSnapshot(_message.Message):
         tasks: _abc.Iterable[Global___Task] | None = ...,
         nodes: _abc.Iterable[Global___Node] | None = ...,
         clusters: _abc.Iterable[Global___Cluster] | None = ...,
+        networks: _abc.Iterable[Global___Network] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "nodes", b"nodes", "services", b"services", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "networks", b"networks", "nodes", b"nodes", "services", b"services", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,6 +16,7 @@
 #   MINISW_LABELS     agent only: node labels, "key=value key2=value2"
 #   MINISW_DOCKER_HOST  agent only: the node's Docker daemon (default: the local socket)
 #   MINISW_REFUSAL=1  agent only: answer the control port with Swarm's worker refusal
+#   MINISW_NETWORKING agent only: kernel (default: overlay networks, VIPs, ingress in nftables) or relay
 #   MINISW            how to run minisw (default "minisw"; dev uses "python3 -m minisw.cli")
 set -euo pipefail
 
@@ -43,6 +44,7 @@ agent)
     if [ -n "${MINISW_DOCKER_HOST:-}" ]; then
         args+=(--docker-host "$MINISW_DOCKER_HOST")
     fi
+    args+=(--networking "${MINISW_NETWORKING:-kernel}")
     if [ "${MINISW_REFUSAL:-0}" = 1 ]; then
         args+=(--control-listen "$MINISW_ADDR:$port")
     fi

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from minisw.proto import objects_pb2 as pb
 
-__all__ = ["Controller", "Executor", "ExitStatus", "Started"]
+__all__ = ["Attachment", "Controller", "Executor", "ExitStatus", "Started"]
 
 
 @dataclass(frozen=True)
@@ -18,11 +18,22 @@ class ExitStatus:
 
 @dataclass(frozen=True)
 class Started:
-    """What a started container tells the manager: its ID, PID and the ports it got."""
+    """What a started container tells the manager: its ID, PID, the ports and addresses it got."""
 
     container_id: str
     pid: int
     ports: list[pb.PortConfig] = field(default_factory=list)
+    networks: list[pb.NetworkAddress] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A task container's place on one cluster network, on this node."""
+
+    network_id: str
+    docker_network: str  # the node's Docker bridge network for its part of the cluster network
+    gateway: str  # the bridge's address: where the node's DNS server answers
+    ingress: bool = False
 
 
 class Controller(Protocol):

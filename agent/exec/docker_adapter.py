@@ -14,18 +14,26 @@ import platform
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
-from minisw.agent.exec.controller import ExitStatus, Started
+from minisw.agent.exec.controller import Attachment, ExitStatus, Started
 from minisw.agent.exec.errors import ContainerGone, ExecError, Unhealthy
-from minisw.agent.exec.spec import LABEL_NODE, LABEL_SERVICE_ID, LABEL_TASK, container_name, create_kwargs
+from minisw.agent.exec.spec import (
+    LABEL_NETWORK,
+    LABEL_NODE,
+    LABEL_SERVICE_ID,
+    LABEL_TASK,
+    container_name,
+    create_kwargs,
+)
 from minisw.proto import objects_pb2 as pb
 
-__all__ = ["DockerController", "DockerExecutor"]
+__all__ = ["DockerController", "DockerExecutor", "NetworkAttacher"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +41,22 @@ T = TypeVar("T")
 HEALTH_POLL = 0.5
 RECHECK = 5.0  # a wait re-inspects its container this often, in case an event was missed
 _PROTO_NAMES = {"tcp": 0, "udp": 1, "sctp": 2}
+
+
+class NetworkAttacher(Protocol):
+    """Kernel networking (agent/networking.py), as the executor sees it."""
+
+    async def attachments(self, task: pb.Task) -> list[Attachment]:
+        """The task's networks on this node, their Docker networks created if need be."""
+        ...
+
+    async def leave(self, task_id: str) -> None:
+        """Take the task out of load balancing before its container stops."""
+
+    def container_died(self, task_id: str) -> None:
+        """Called on the loop as soon as the daemon reports the task's container dead."""
+
+    def network_id(self, docker_network: str) -> str | None: ...
 
 
 class DockerExecutor:
@@ -48,6 +72,7 @@ class DockerExecutor:
         self._events: Any = None
         self._events_thread: threading.Thread | None = None
         self._closing = False
+        self.networking: NetworkAttacher | None = None  # None: the userspace relay carries ports
 
     # ---- container exits, from the event stream --------------------------------------------
     def _start_events(self) -> None:
@@ -74,6 +99,9 @@ class DockerExecutor:
         status = str(event.get("status") or event.get("Action") or "")
         if status == "die":
             result = ExitStatus(int(attrs.get("exitCode", -1)))
+            task_id = attrs.get(LABEL_TASK, "")
+            if self._loop is not None and self.networking is not None and task_id:
+                self._loop.call_soon_threadsafe(self.networking.container_died, task_id)
         elif status.endswith("unhealthy"):
             result = ExitStatus(-1, unhealthy=True)
         else:
@@ -146,6 +174,60 @@ class DockerExecutor:
     def api(self) -> Any:
         return self._client.api
 
+    # ---- the node's Docker networks for its part of each cluster network ------------------
+    async def bridge_networks(self) -> dict[str, str]:
+        """Docker network name -> cluster network ID, for the networks kernel networking made."""
+
+        def listing() -> dict[str, str]:
+            found = self._client.api.networks(filters={"label": LABEL_NETWORK})
+            return {n["Name"]: (n.get("Labels") or {}).get(LABEL_NETWORK, "") for n in found}
+
+        return await self.call(listing)
+
+    async def ensure_bridge_network(self, name: str, subnet: str, gateway: str, bridge: str, network_id: str) -> None:
+        """A bridge network for this node's part (masquerade off: task addresses must stay
+        visible to the other nodes); one with another subnet is made again if nothing uses it."""
+
+        def ensure() -> None:
+            try:
+                current = self._client.api.inspect_network(name)
+            except docker.errors.NotFound:
+                current = None
+            if current is not None:
+                configs = (current.get("IPAM") or {}).get("Config") or []
+                if any(c.get("Subnet") == subnet for c in configs):
+                    return
+                log.warning("Docker network %s has another subnet than %s: making it again", name, subnet)
+                self._client.api.remove_network(name)
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
+            self._client.api.create_network(
+                name,
+                driver="bridge",
+                ipam=ipam,
+                labels={LABEL_NETWORK: network_id},
+                options={
+                    "com.docker.network.bridge.name": bridge,
+                    "com.docker.network.bridge.enable_ip_masquerade": "false",
+                },
+                check_duplicate=True,
+            )
+
+        try:
+            await self.call(ensure)
+        except docker.errors.APIError as err:
+            raise ExecError(f"cannot make Docker network {name} ({subnet}): {_explain(err)}", temporary=True) from None
+
+    async def remove_bridge_network(self, name: str) -> None:
+        def remove() -> None:
+            try:
+                self._client.api.remove_network(name)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as err:  # containers still on it: next time
+                log.info("Docker network %s not removed yet: %s", name, _explain(err))
+
+        await self.call(remove)
+
     # ---- service logs (agent/logs.py) ------------------------------------------------------
     async def log_containers(self, service_ids: set[str], task_ids: set[str]) -> list[tuple[str, str, str]]:
         """(task ID, service ID, container ID) of this node's containers of those services or tasks
@@ -202,7 +284,7 @@ class DockerController:
                 return  # prepared already (e.g. before an agent restart)
             except docker.errors.NotFound:
                 pass
-            kwargs = create_kwargs(self._task, self._x.node_addr)
+            kwargs = create_kwargs(self._task, self._x.node_addr, attachments)
             try:
                 self._x._client.images.get(kwargs["image"])
             except docker.errors.ImageNotFound:
@@ -216,7 +298,17 @@ class DockerController:
                 if err.status_code == 409:
                     return  # created concurrently: prepared
                 raise ExecError(_explain(err)) from None
+            for attachment in (attachments or [])[1:]:
+                self._x.api.connect_container_to_network(self._name, attachment.docker_network)
 
+        attachments: list[Attachment] | None = None
+        if self._x.networking is not None:
+            attachments = await self._x.networking.attachments(self._task)
+        elif self._task.spec.networks:
+            raise ExecError(
+                "overlay networks need kernel networking, and this node runs the userspace relay "
+                "(run the cluster as separate hosts: `minisw dev up --hosts`, or on VMs)"
+            )
         try:
             await self._x.call(create)
         except requests.exceptions.ConnectionError as err:
@@ -237,7 +329,18 @@ class DockerController:
         if state["Config"].get("Healthcheck") and state["Config"]["Healthcheck"].get("Test") not in (None, ["NONE"]):
             await self._wait_healthy()
             state = await self._x.call(self._inspect)
-        return Started(state["Id"], int(state["State"].get("Pid") or 0), _ports(state))
+        return Started(state["Id"], int(state["State"].get("Pid") or 0), _ports(state), self._addresses(state))
+
+    def _addresses(self, state: dict[str, Any]) -> list[pb.NetworkAddress]:
+        networking = self._x.networking
+        if networking is None:
+            return []
+        out = []
+        for name, settings in sorted(((state.get("NetworkSettings") or {}).get("Networks") or {}).items()):
+            network_id = networking.network_id(name)
+            if network_id and settings.get("IPAddress"):
+                out.append(pb.NetworkAddress(network_id=network_id, addr=settings["IPAddress"]))
+        return out
 
     async def _wait_healthy(self) -> None:
         while True:
@@ -269,6 +372,9 @@ class DockerController:
             self._x.unwatch(self._name, exited)
 
     async def shutdown(self, grace: float) -> None:
+        if self._x.networking is not None:  # out of every node's rotation first, as Swarm does
+            await self._x.networking.leave(self._task.id)
+
         def stop() -> None:
             try:
                 self._x.api.stop(self._name, timeout=max(0, round(grace)))

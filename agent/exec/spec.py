@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from minisw.agent.exec.controller import Attachment
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.defaults import DEFAULT_STOP_GRACE
 from minisw.proto.timeutil import seconds
 
-__all__ = ["LABEL_NODE", "LABEL_TASK", "container_name", "create_kwargs", "stop_grace"]
+__all__ = ["LABEL_NETWORK", "LABEL_NODE", "LABEL_TASK", "container_name", "create_kwargs", "stop_grace"]
 
 LABEL_TASK = "minisw.task.id"
 LABEL_SLOT = "minisw.task.slot"
 LABEL_SERVICE_ID = "minisw.service.id"
 LABEL_SERVICE_NAME = "minisw.service.name"
 LABEL_NODE = "minisw.node.id"
+LABEL_NETWORK = "minisw.network.id"  # on the Docker networks kernel networking makes
 _PROTO = {0: "tcp", 1: "udp", 2: "sctp"}
 _MOUNT_TYPE = {pb.Mount.BIND: "bind", pb.Mount.VOLUME: "volume", pb.Mount.TMPFS: "tmpfs"}
 _PROPAGATION = {v: n.lower() for n, v in pb.Mount.BindOptions.Propagation.items()}
@@ -85,8 +88,14 @@ def _container_options(c: pb.ContainerSpec, kwargs: dict[str, Any]) -> None:
         kwargs["ulimits"] = [{"name": u.name, "soft": u.soft, "hard": u.hard} for u in c.ulimits]
 
 
-def create_kwargs(task: pb.Task, node_addr: str) -> dict[str, Any]:
-    """Arguments for ``docker.containers.create``; ingress ports get a random host port on the node's address."""
+def create_kwargs(task: pb.Task, node_addr: str, attachments: Sequence[Attachment] | None = None) -> dict[str, Any]:
+    """Arguments for ``docker.containers.create``.
+
+    With the userspace relay (``attachments`` None) ingress ports get a random host port on the
+    node's address. With kernel networking the container joins its first network here (the
+    others are connected before it starts), asks the node's DNS server first, and ingress ports
+    need no host port: the node's nftables table reaches the task on the ingress network.
+    """
     c = task.spec.container
     labels = dict(c.labels)
     labels.update(
@@ -146,8 +155,13 @@ def create_kwargs(task: pb.Task, node_addr: str) -> dict[str, Any]:
         key = f"{port.target_port}/{_PROTO[port.protocol]}"
         if port.publish_mode == pb.PortConfig.HOST:
             ports[key] = (node_addr, port.published_port) if node_addr else port.published_port
-        else:
+        elif attachments is None:
             ports[key] = (node_addr, None) if node_addr else None
+    if attachments:
+        kwargs["network"] = attachments[0].docker_network
+        resolvers = [a.gateway for a in attachments if not a.ingress]
+        if resolvers:  # ours first: it refuses names it does not know, and Docker asks the next
+            kwargs["dns"] = resolvers[:1] + list(kwargs.get("dns", []))
     if ports:
         kwargs["ports"] = ports
     return kwargs

@@ -15,6 +15,13 @@ import grpc
 
 from minisw.manager import ids
 from minisw.manager.auth import Authorizer, Denied
+from minisw.manager.controlapi.networks import (
+    allocate_virtual_ips,
+    check_removable,
+    new_network,
+    resolve_attachments,
+    resolve_network,
+)
 from minisw.manager.controlapi.ports import allocate_endpoint
 from minisw.manager.controlapi.validate import validate_node_spec, validate_service_spec
 from minisw.manager.errors import (
@@ -124,7 +131,20 @@ def _node_name(n: pb.Node) -> str:
 
 
 # Calls that only read: each first waits for a Raft read barrier (writes commit through Raft anyway).
-_READS = frozenset({"GetService", "ListServices", "ListTasks", "GetTask", "ListNodes", "GetNode", "GetCluster", "Info"})
+_READS = frozenset(
+    {
+        "GetService",
+        "ListServices",
+        "ListTasks",
+        "GetTask",
+        "ListNodes",
+        "GetNode",
+        "GetCluster",
+        "Info",
+        "GetNetwork",
+        "ListNetworks",
+    }
+)
 
 
 class ControlServer(api_grpc.ControlServicer):
@@ -174,7 +194,9 @@ class ControlServer(api_grpc.ControlServicer):
                 raise NameConflict(
                     f"name conflicts with an existing object: service {spec.annotations.name} already exists"
                 )
+            resolve_attachments(tx, spec)
             endpoint = allocate_endpoint(service_id, spec.endpoint, tx.services())
+            allocate_virtual_ips(tx, service_id, spec, endpoint)
             service = pb.Service(id=service_id, spec=spec, spec_version=pb.Version(), endpoint=endpoint)
             if is_job(spec):
                 service.job_status.last_execution.GetCurrentTime()
@@ -268,7 +290,11 @@ class ControlServer(api_grpc.ControlServicer):
             if service.HasField("job_status"):  # any update of a job runs it again (swarmkit)
                 service.job_status.job_iteration.index += 1
                 service.job_status.last_execution.GetCurrentTime()
+            if not request.rollback:
+                resolve_attachments(tx, service.spec)
             endpoint = allocate_endpoint(service.id, service.spec.endpoint, tx.services())
+            endpoint.virtual_ips.extend(service.endpoint.virtual_ips)
+            allocate_virtual_ips(tx, service.id, service.spec, endpoint)
             service.endpoint.CopyFrom(endpoint)
             tx.update(service)
             return service.id
@@ -282,6 +308,44 @@ class ControlServer(api_grpc.ControlServicer):
     async def _remove_service(self, request: api.RemoveServiceRequest) -> api.Empty:
         def remove(tx: WriteTx) -> None:
             tx.delete(self._resolve_service(tx, request.service_id))
+
+        await self._store.update(remove)
+        return api.Empty()
+
+    # ---- networks --------------------------------------------------------------------------
+    async def CreateNetwork(self, request: api.CreateNetworkRequest, context: Any) -> api.NetworkResponse:
+        return await self._route("CreateNetwork", request, context, self._create_network)
+
+    async def _create_network(self, request: api.CreateNetworkRequest) -> api.NetworkResponse:
+        def create(tx: WriteTx) -> pb.Network:
+            network = new_network(tx, request.spec)
+            tx.create(network)
+            return network
+
+        network = await self._store.update(create)
+        return api.NetworkResponse(network=self._store.view(lambda tx: tx.get_network(network.id)))
+
+    async def GetNetwork(self, request: api.GetNetworkRequest, context: Any) -> api.NetworkResponse:
+        return await self._route("GetNetwork", request, context, self._get_network)
+
+    async def _get_network(self, request: api.GetNetworkRequest) -> api.NetworkResponse:
+        return api.NetworkResponse(network=self._store.view(lambda tx: resolve_network(tx, request.network_id)))
+
+    async def ListNetworks(self, request: api.ListNetworksRequest, context: Any) -> api.ListNetworksResponse:
+        return await self._route("ListNetworks", request, context, self._list_networks)
+
+    async def _list_networks(self, request: api.ListNetworksRequest) -> api.ListNetworksResponse:
+        networks = self._store.view(lambda tx: tx.networks())
+        return api.ListNetworksResponse(networks=sorted(networks, key=lambda n: n.spec.annotations.name))
+
+    async def RemoveNetwork(self, request: api.RemoveNetworkRequest, context: Any) -> api.Empty:
+        return await self._route("RemoveNetwork", request, context, self._remove_network)
+
+    async def _remove_network(self, request: api.RemoveNetworkRequest) -> api.Empty:
+        def remove(tx: WriteTx) -> None:
+            network = resolve_network(tx, request.network_id)
+            check_removable(tx, network)
+            tx.delete(network)
 
         await self._store.update(remove)
         return api.Empty()

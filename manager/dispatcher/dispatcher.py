@@ -21,6 +21,7 @@ import grpc
 
 from minisw.manager import ids
 from minisw.manager.auth import Authorizer, Denied
+from minisw.manager.dispatcher.netview import NetworkViews
 from minisw.manager.logbroker import LogRefused, LogService
 from minisw.manager.state.store import Event, MemoryStore, ReadTx, WriteTx, iter_nowait
 from minisw.proto import dispatcher_pb2 as dpb
@@ -29,7 +30,7 @@ from minisw.proto import objects_pb2 as pb
 from minisw.proto.pki import MANAGER_OU, WORKER_OU
 from minisw.proto.timeutil import duration, now_ts, seconds
 
-__all__ = ["LEADER_METADATA", "Dispatcher", "DispatcherServer", "ingress_routes"]
+__all__ = ["LEADER_METADATA", "Dispatcher", "DispatcherServer"]
 
 log = logging.getLogger(__name__)
 
@@ -58,43 +59,6 @@ class _Session:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def ingress_routes(tx: ReadTx) -> list[dpb.IngressRoute]:
-    """The routing mesh: every ingress port of every service, with the backends of its running tasks."""
-    routes = []
-    nodes = {n.id: n for n in tx.nodes()}
-    for service in sorted(tx.services(), key=lambda s: s.id):
-        ports = [p for p in service.endpoint.ports if p.publish_mode == pb.PortConfig.INGRESS and p.published_port]
-        if not ports:
-            continue
-        tasks = [
-            t
-            for t in tx.tasks_by_service(service.id)
-            if t.status.state == pb.RUNNING and t.desired_state == pb.RUNNING and t.node_id in nodes
-        ]
-        for port in ports:
-            backends = []
-            for task in sorted(tasks, key=lambda t: t.id):
-                node = nodes[task.node_id]
-                if node.status.state != pb.NodeStatus.READY:
-                    continue
-                for ps in task.status.port_status.ports:
-                    if (
-                        ps.publish_mode == pb.PortConfig.INGRESS
-                        and ps.target_port == port.target_port
-                        and ps.protocol == port.protocol
-                    ):
-                        backends.append(f"{node.status.addr}:{ps.published_port}")
-            routes.append(
-                dpb.IngressRoute(
-                    service_id=service.id,
-                    published_port=port.published_port,
-                    protocol=port.protocol,
-                    backends=backends,
-                )
-            )
-    return routes
-
-
 class Dispatcher:
     """The leader term's dispatcher. ``run`` flushes statuses and expires silent nodes."""
 
@@ -106,6 +70,8 @@ class Dispatcher:
         self._expiry: dict[str, float] = {}  # node id -> deadline, for every node not DOWN
         self._pending: dict[str, pb.TaskStatus] = {}
         self._flush_now = asyncio.Event()
+        self.views = NetworkViews(store)
+        self._reserved_slices: set[int] = set()
 
     async def run(self) -> None:
         cluster = self._store.view(lambda tx: tx.get_cluster())
@@ -120,6 +86,7 @@ class Dispatcher:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._flush_loop())
                 group.create_task(self._expiry_loop())
+                group.create_task(self.views.run())
         finally:
             for session in self._sessions.values():
                 session.closed.set()
@@ -140,6 +107,7 @@ class Dispatcher:
                 )
         node_id = cert_node_id or request.node_id or ids.new_id()
         addr = request.addr or peer_host
+        network_slice = self._reserve_slice(node_id)
 
         def upsert(tx: WriteTx) -> None:
             node = tx.get_node(node_id)
@@ -154,15 +122,21 @@ class Dispatcher:
                 node.spec.desired_role = pb.WORKER
                 node.spec.membership = pb.NodeSpec.ACCEPTED
                 node.spec.annotations.labels.update(request.labels)
+                node.network_slice = network_slice
                 tx.create(_described(node, request, addr))
             else:
                 if not node.description.engine.engine_version:
                     # Its first session (the CA created the node): the labels the agent was started
                     # with become the node's labels; later the operator owns them (node update).
                     node.spec.annotations.labels.update(request.labels)
+                if not node.network_slice:
+                    node.network_slice = network_slice
                 tx.update(_described(node, request, addr))
 
-        await self._store.update(upsert)
+        try:
+            await self._store.update(upsert)
+        finally:
+            self._reserved_slices.discard(network_slice)
         old = self._sessions.get(node_id)
         if old is not None:
             old.closed.set()
@@ -171,6 +145,24 @@ class Dispatcher:
         self._expiry[node_id] = session.expires_at
         log.info("node %s (%s) registered from %s", node_id, request.description.hostname, addr)
         return session
+
+    def _reserve_slice(self, node_id: str) -> int:
+        """The network slice a node without one gets: the lowest one neither held in the store nor
+        reserved by a registration in flight. Chosen before the write, so that a retried write
+        callback takes the same one (it may run twice; the reservation must happen once)."""
+
+        def taken(tx: ReadTx) -> tuple[int, set[int]]:
+            node = tx.get_node(node_id)
+            return (node.network_slice if node else 0), tx.network_slices()
+
+        own, held = self._store.view(taken)
+        if own:
+            return own
+        candidate = 1
+        while candidate in held or candidate in self._reserved_slices:
+            candidate += 1
+        self._reserved_slices.add(candidate)
+        return candidate
 
     def session_message(self, session: _Session) -> dpb.SessionMessage:
         managers = [dpb.WeightedPeer(node_id=nid, addr=addr) for nid, addr in self._manager.manager_addrs()]
@@ -181,6 +173,7 @@ class Dispatcher:
             managers=managers,
             heartbeat_period=duration(self.period),
             desired_role=node.spec.desired_role if node is not None else pb.WORKER,
+            network_slice=node.network_slice if node is not None else 0,
         )
 
     def check(self, node_id: str, session_id: str) -> _Session:
@@ -280,13 +273,18 @@ class Dispatcher:
 
     # ---- assignments -----------------------------------------------------------------------
     async def assignments(self, session: _Session) -> AsyncIterator[dpb.AssignmentsMessage]:
+        """The node's tasks (complete, then changes), and the network view whenever it changes."""
         node_id = session.node_id
 
-        def snapshot(tx: ReadTx) -> tuple[list[pb.Task], list[dpb.IngressRoute]]:
-            return [t for t in tx.tasks_by_node(node_id) if t.status.state >= pb.ASSIGNED], ingress_routes(tx)
+        def snapshot(tx: ReadTx) -> list[pb.Task]:
+            return [t for t in tx.tasks_by_node(node_id) if t.status.state >= pb.ASSIGNED]
 
         sequence = 1
-        async with self._store.view_and_watch(snapshot) as ((tasks, routes), queue):
+        version, view, routes = await self.views.current()
+        view_changed = self.views.changed()
+        # Only this node's task events reach the queue (the store routes them by node): a
+        # change elsewhere in the cluster costs this stream nothing.
+        async with self._store.view_and_watch(snapshot, keys=[("task-node", node_id)]) as (tasks, queue):
             sent = {t.id: _fingerprint(t) for t in tasks}
             yield dpb.AssignmentsMessage(
                 type=dpb.AssignmentsMessage.COMPLETE,
@@ -294,49 +292,35 @@ class Dispatcher:
                 update_tasks=tasks,
                 routes_changed=True,
                 routes=routes,
+                network_changed=True,
+                network=view,
             )
-            last_routes = routes
             closed = asyncio.ensure_future(session.closed.wait())
+            getter: asyncio.Future[Any] | None = None
             try:
                 while True:
-                    getter = asyncio.ensure_future(queue.get())
-                    done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter is None:
+                        getter = asyncio.ensure_future(queue.get())
+                    viewer = asyncio.ensure_future(view_changed.wait())
+                    done, _ = await asyncio.wait({getter, closed, viewer}, return_when=asyncio.FIRST_COMPLETED)
+                    viewer.cancel()
                     if closed in done:
                         getter.cancel()
                         return
-                    items = [getter.result()]
-                    await asyncio.sleep(ASSIGNMENT_DEBOUNCE)
-                    items.extend(iter_nowait(queue))
                     updates: dict[str, pb.Task] = {}
                     removes: set[str] = set()
-                    routes_dirty = False
-                    for item in items:
-                        if not isinstance(item, Event):
-                            continue
-                        obj = item.obj
-                        if isinstance(obj, pb.Task | pb.Service) or (
-                            isinstance(obj, pb.Node) and item.action != "create"
-                        ):
-                            routes_dirty = True
-                        if not isinstance(obj, pb.Task):
-                            continue
-                        mine = obj.node_id == node_id and obj.status.state >= pb.ASSIGNED
-                        if item.action == "delete" or not mine:
-                            if obj.id in sent and (item.action == "delete" or obj.node_id != node_id):
-                                removes.add(obj.id)
-                                updates.pop(obj.id, None)
-                                del sent[obj.id]
-                            continue
-                        fingerprint = _fingerprint(obj)
-                        if sent.get(obj.id) != fingerprint:
-                            sent[obj.id] = fingerprint
-                            updates[obj.id] = obj
-                            removes.discard(obj.id)
-                    new_routes = self._store.view(ingress_routes) if routes_dirty else last_routes
-                    routes_changed = new_routes != last_routes
-                    if not (updates or removes or routes_changed):
+                    if getter in done:
+                        items = [getter.result()]
+                        getter = None
+                        await asyncio.sleep(ASSIGNMENT_DEBOUNCE)
+                        items.extend(iter_nowait(queue))
+                        _task_changes(items, node_id, sent, updates, removes)
+                    network_changed = self.views.version != version
+                    if network_changed:
+                        version, view, routes = await self.views.current()
+                        view_changed = self.views.changed()
+                    if not (updates or removes or network_changed):
                         continue
-                    last_routes = new_routes
                     sequence += 1
                     yield dpb.AssignmentsMessage(
                         type=dpb.AssignmentsMessage.INCREMENTAL,
@@ -344,11 +328,39 @@ class Dispatcher:
                         applies_to=sequence - 1,
                         update_tasks=list(updates.values()),
                         remove_tasks=sorted(removes),
-                        routes_changed=routes_changed,
-                        routes=new_routes if routes_changed else [],
+                        routes_changed=network_changed,
+                        routes=routes if network_changed else [],
+                        network_changed=network_changed,
+                        network=view if network_changed else None,
                     )
             finally:
                 closed.cancel()
+                if getter is not None:
+                    getter.cancel()
+
+
+def _task_changes(
+    items: list[Any], node_id: str, sent: dict[str, bytes], updates: dict[str, pb.Task], removes: set[str]
+) -> None:
+    """Fold store events into the tasks to (re)send to ``node_id`` and those to remove there."""
+    for item in items:
+        if not isinstance(item, Event):
+            continue
+        obj = item.obj
+        if not isinstance(obj, pb.Task):
+            continue
+        mine = obj.node_id == node_id and obj.status.state >= pb.ASSIGNED
+        if item.action == "delete" or not mine:
+            if obj.id in sent and (item.action == "delete" or obj.node_id != node_id):
+                removes.add(obj.id)
+                updates.pop(obj.id, None)
+                del sent[obj.id]
+            continue
+        fingerprint = _fingerprint(obj)
+        if sent.get(obj.id) != fingerprint:
+            sent[obj.id] = fingerprint
+            updates[obj.id] = obj
+            removes.discard(obj.id)
 
 
 def _fingerprint(task: pb.Task) -> bytes:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from minisw.manager import ids
-from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, iter_nowait
+from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, WatchItem, WatchKey, iter_nowait
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.timeutil import now_ts
 
-__all__ = ["invalid_node", "new_task", "reconcile_each", "restart_condition_allows", "slots_of", "watch_and_tick"]
+__all__ = [
+    "invalid_node",
+    "new_task",
+    "next_change",
+    "reconcile_each",
+    "restart_condition_allows",
+    "slots_of",
+    "wait_until",
+    "watch_and_tick",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +98,37 @@ async def watch_and_tick(
             for item in iter_nowait(queue):
                 absorb(item)
             await tick()
+
+
+async def next_change(
+    queue: asyncio.Queue[WatchItem], at_most: float | None = None, halt: asyncio.Event | None = None
+) -> list[WatchItem]:
+    """The next burst of events on ``queue`` ([] once ``at_most`` seconds passed or ``halt`` is set)."""
+    getter = asyncio.ensure_future(queue.get())
+    waiters: set[asyncio.Future[Any]] = {getter}
+    halted = asyncio.ensure_future(halt.wait()) if halt is not None else None
+    if halted is not None:
+        waiters.add(halted)
+    try:
+        await asyncio.wait(waiters, timeout=at_most, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if halted is not None:
+            halted.cancel()
+        if not getter.done():
+            getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return [getter.result(), *iter_nowait(queue)]
+    return []
+
+
+async def wait_until(store: MemoryStore, keys: list[WatchKey], check: Callable[[ReadTx], bool], at_most: float) -> bool:
+    """Until ``check`` holds over the store: looked at again at each committed change that matches
+    ``keys`` (see ``watch_keys``), never by polling. False once ``at_most`` seconds have passed."""
+    deadline = time.monotonic() + at_most
+    async with store.view_and_watch(check, keys) as (holds, queue):
+        while not holds:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await next_change(queue, remaining):
+                return False
+            holds = store.view(check)
+    return True

@@ -14,13 +14,14 @@ conflict would count one restart twice against ``max_attempts``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from minisw.manager.orchestrator.common import new_task, restart_condition_allows
-from minisw.manager.state.store import MemoryStore, WriteTx
+from minisw.manager.orchestrator.common import new_task, restart_condition_allows, wait_until
+from minisw.manager.state.store import MemoryStore, ReadTx, WriteTx
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.defaults import restart_policy
 from minisw.proto.timeutil import seconds, ts_seconds
@@ -30,7 +31,6 @@ __all__ = ["OLD_TASK_TIMEOUT", "RestartSupervisor"]
 log = logging.getLogger(__name__)
 
 OLD_TASK_TIMEOUT = 60.0
-_POLL = 0.1
 
 
 @dataclass
@@ -117,9 +117,12 @@ class RestartSupervisor:
             if delay > 0:
                 await asyncio.sleep(delay)
             if old_task_id:
-                deadline = time.monotonic() + OLD_TASK_TIMEOUT
-                while time.monotonic() < deadline and not self._old_task_stopped(old_task_id):
-                    await asyncio.sleep(_POLL)
+                # Woken by the old task's and its node's changes only: a thousand waiting
+                # restarts cost nothing while nothing happens to their old tasks.
+                node_id = self._store.view(functools.partial(_node_of_task, task_id=old_task_id))
+                keys = [("task", old_task_id)] + ([("node", node_id)] if node_id else [])
+                stopped = functools.partial(_old_task_stopped, task_id=old_task_id)
+                await wait_until(self._store, keys, stopped, OLD_TASK_TIMEOUT)
 
             def start(tx: WriteTx) -> None:
                 task = tx.get_task(task_id)
@@ -135,14 +138,17 @@ class RestartSupervisor:
         finally:
             self._delays.pop(task_id, None)
 
-    def _old_task_stopped(self, task_id: str) -> bool:
-        def check(tx: WriteTx) -> bool:
-            task = tx.get_task(task_id)
-            if task is None or task.status.state > pb.RUNNING:
-                return True
-            if not task.node_id:
-                return True
-            node = tx.get_node(task.node_id)
-            return node is None or node.status.state == pb.NodeStatus.DOWN
 
-        return self._store.view(check)  # type: ignore[arg-type]
+def _node_of_task(tx: ReadTx, task_id: str) -> str:
+    task = tx.get_task(task_id)
+    return task.node_id if task is not None else ""
+
+
+def _old_task_stopped(tx: ReadTx, task_id: str) -> bool:
+    task = tx.get_task(task_id)
+    if task is None or task.status.state > pb.RUNNING:
+        return True
+    if not task.node_id:
+        return True
+    node = tx.get_node(task.node_id)
+    return node is None or node.status.state == pb.NodeStatus.DOWN

@@ -15,12 +15,12 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from minisw.manager.orchestrator.common import new_task
+from minisw.manager.orchestrator.common import new_task, next_change
 from minisw.manager.orchestrator.restart import RestartSupervisor
-from minisw.manager.state.store import MemoryStore, ReadTx, WriteTx
+from minisw.manager.state.store import Event, MemoryStore, ReadTx, WriteTx
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.defaults import update_config
 from minisw.proto.model import is_task_dirty
@@ -38,9 +38,6 @@ SlotKey = int | str
 
 def _in_slot(task: pb.Task, key: SlotKey) -> bool:
     return task.node_id == key if isinstance(key, str) else task.slot == key
-
-
-_POLL = 0.1
 
 
 class UpdateSupervisor:
@@ -140,6 +137,7 @@ class Updater:
         self._created: dict[str, float | None] = {}  # task id -> when it reached RUNNING
         self._failed: set[str] = set()
         self._stopped = False
+        self._halted = asyncio.Event()  # set with _stopped: wakes whoever waits on a task
 
     @property
     def monitor(self) -> float:
@@ -287,35 +285,52 @@ class Updater:
                 await self._store.update(stop_old)
 
     async def _wait_started(self, task_id: str) -> None:
-        """Until the task's observed state reaches RUNNING (or fails); or until it proves unschedulable."""
+        """Until the task's observed state reaches RUNNING (or fails); or until it proves unschedulable.
+
+        Woken by the task's own changes (and by the update stopping), never by polling.
+        """
+        limit = max(self.monitor, 1.0)
         pending_since = time.monotonic()
-        while not self._stopped:
-            task = self._store.view(lambda tx: tx.get_task(task_id))
-            if task is None or task.status.state >= pb.RUNNING:
-                return
-            if task.status.state >= pb.ASSIGNED:
-                pending_since = time.monotonic()
-            elif time.monotonic() - pending_since > max(self.monitor, 1.0):
-                reason = task.status.err or "it was never scheduled"
-                await self._failure(task_id, f"task {task_id} could not be placed within {self.monitor:g}s: {reason}")
-                return
-            await asyncio.sleep(_POLL)
+        async with self._store.watch([("task", task_id)]) as queue:
+            while not self._stopped:
+                task = self._store.view(functools.partial(_get_task, task_id=task_id))
+                if task is None or task.status.state >= pb.RUNNING:
+                    return
+                timeout: float | None = None
+                if task.status.state >= pb.ASSIGNED:
+                    pending_since = time.monotonic()  # placed: the wait for it to run has no end
+                elif time.monotonic() - pending_since > limit:
+                    reason = task.status.err or "it was never scheduled"
+                    why = f"task {task_id} could not be placed within {self.monitor:g}s: {reason}"
+                    await self._failure(task_id, why)
+                    return
+                else:
+                    timeout = limit - (time.monotonic() - pending_since) + 0.01
+                await next_change(queue, timeout, self._halted)
 
     async def _watch_failures(self) -> None:
-        while not self._stopped:
-            now = time.monotonic()
-            for task_id, running_since in list(self._created.items()):
-                if task_id in self._failed:
-                    continue
-                task = self._store.view(functools.partial(_get_task, task_id=task_id))
-                if task is None:
-                    continue
-                if task.status.state == pb.RUNNING and running_since is None:
-                    self._created[task_id] = now
-                elif task.status.state > pb.RUNNING and task.desired_state <= pb.RUNNING:
-                    if running_since is None or now - running_since <= self.monitor:
-                        await self._failure(task_id, None)
-            await asyncio.sleep(_POLL)
+        """Counts the failures of the tasks this update created, from their service's task events."""
+        async with self._store.watch([("task-service", self._service.id)]) as queue:
+            await self._check_created(list(self._created))
+            while not self._stopped:
+                items = await next_change(queue)
+                changed = {i.obj.id for i in items if isinstance(i, Event) and i.obj.id in self._created}
+                await self._check_created(changed)
+
+    async def _check_created(self, task_ids: Iterable[str]) -> None:
+        now = time.monotonic()
+        for task_id in task_ids:
+            running_since = self._created[task_id]
+            if task_id in self._failed or self._stopped:
+                continue
+            task = self._store.view(functools.partial(_get_task, task_id=task_id))
+            if task is None:
+                continue
+            if task.status.state == pb.RUNNING and running_since is None:
+                self._created[task_id] = now
+            elif task.status.state > pb.RUNNING and task.desired_state <= pb.RUNNING:
+                if running_since is None or now - running_since <= self.monitor:
+                    await self._failure(task_id, None)
 
     async def _failure(self, task_id: str, reason: str | None) -> None:
         if task_id in self._failed or self._stopped:
@@ -327,6 +342,7 @@ class Updater:
         if action == pb.UpdateConfig.CONTINUE:
             return
         self._stopped = True
+        self._halted.set()
         cause = reason or f"failure or early termination of task {task_id}"
 
         def change(service: pb.Service) -> bool:

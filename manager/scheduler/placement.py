@@ -13,9 +13,37 @@ from dataclasses import dataclass, field
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.constraints import constraint_matches
 
-__all__ = ["NodeInfo", "Placement", "constraint_matches", "explain", "filters_for"]
+__all__ = ["Hold", "NodeInfo", "Placement", "constraint_matches", "explain", "filters_for", "hold_of"]
 
 _ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What one task takes from its node as the scheduler counts it; ``release`` gives it back."""
+
+    service_id: str
+    active: bool  # desired <= COMPLETE: counts for spreading
+    cpu: int  # reservations, held until the task stops
+    memory: int
+    host_ports: tuple[tuple[int, int], ...]
+
+
+def hold_of(task: pb.Task) -> Hold:
+    running = task.status.state <= pb.RUNNING
+    res = task.spec.resources.reservations
+    ports = tuple(
+        (p.protocol, p.published_port)
+        for p in task.endpoint.ports
+        if running and p.publish_mode == pb.PortConfig.HOST and p.published_port
+    )
+    return Hold(
+        task.service_id,
+        task.desired_state <= pb.COMPLETE,
+        res.nano_cpus if running else 0,
+        res.memory_bytes if running else 0,
+        ports,
+    )
 
 
 @dataclass
@@ -27,7 +55,7 @@ class NodeInfo:
     active_total: int = 0
     reserved_cpu: int = 0  # held until the task stops
     reserved_memory: int = 0
-    host_ports: set[tuple[int, int]] = field(default_factory=set)
+    host_ports: Counter[tuple[int, int]] = field(default_factory=Counter)  # (protocol, port) -> tasks
     recent_failures: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -35,16 +63,40 @@ class NodeInfo:
         return self.node.id
 
     def add(self, task: pb.Task) -> None:
-        if task.desired_state <= pb.COMPLETE:
-            self.tasks_by_service[task.service_id] += 1
+        self.take(hold_of(task))
+
+    def take(self, hold: Hold) -> None:
+        if hold.active:
+            self.tasks_by_service[hold.service_id] += 1
             self.active_total += 1
-        if task.status.state <= pb.RUNNING:
-            res = task.spec.resources.reservations
-            self.reserved_cpu += res.nano_cpus
-            self.reserved_memory += res.memory_bytes
-            for port in task.endpoint.ports:
-                if port.publish_mode == pb.PortConfig.HOST and port.published_port:
-                    self.host_ports.add((port.protocol, port.published_port))
+        self.reserved_cpu += hold.cpu
+        self.reserved_memory += hold.memory
+        self.host_ports.update(hold.host_ports)
+
+    def release(self, hold: Hold) -> None:
+        if hold.active:
+            self.tasks_by_service[hold.service_id] -= 1
+            if self.tasks_by_service[hold.service_id] <= 0:
+                del self.tasks_by_service[hold.service_id]
+            self.active_total -= 1
+        self.reserved_cpu -= hold.cpu
+        self.reserved_memory -= hold.memory
+        self.host_ports.subtract(hold.host_ports)
+        for port in hold.host_ports:
+            if self.host_ports[port] <= 0:
+                del self.host_ports[port]
+
+    def clone(self) -> NodeInfo:
+        """A copy to plan on: placing tasks on it leaves this one as it was."""
+        return NodeInfo(
+            self.node,
+            Counter(self.tasks_by_service),
+            self.active_total,
+            self.reserved_cpu,
+            self.reserved_memory,
+            Counter(self.host_ports),
+            Counter(self.recent_failures),
+        )
 
 
 # A filter: (explanation for 1 node, explanation for N nodes, check)
@@ -105,7 +157,7 @@ def filters_for(task: pb.Task) -> list[Filter]:
             (
                 "host-mode port already in use on 1 node",
                 "host-mode port already in use on {n} nodes",
-                lambda ni: not (host_ports & ni.host_ports),
+                lambda ni: not (host_ports & ni.host_ports.keys()),
             )
         )
     max_replicas = spec.placement.max_replicas

@@ -4,21 +4,26 @@ It watches the store, waits 50 ms after a burst of commits (at most 1 s), then p
 unassigned task and writes all decisions in one batch: its single write site. Inside the batch
 each decision is checked against the store as it is now; a task that changed meanwhile is left
 for the next tick. Tasks that fit nowhere stay PENDING with Swarm's "no suitable node (...)".
+
+Its costs follow what changed, as swarmkit's do: it reads the whole store once per term, then
+keeps each node's counts (``NodeInfo``) and the set of tasks waiting for it up to date from the
+store's events, so a tick reads only the waiting tasks and plans on copies of the node infos.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from minisw.manager.scheduler.placement import NodeInfo, Placement
-from minisw.manager.state.store import Event, MemoryStore, ReadTx, WriteTx, iter_nowait
+from minisw.manager.scheduler.placement import Hold, NodeInfo, Placement, hold_of
+from minisw.manager.state.store import Event, MemoryStore, ReadTx, WatchItem, WriteTx, iter_nowait
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.timeutil import now_ts, ts_seconds
 
-__all__ = ["Scheduler", "plan"]
+__all__ = ["ClusterView", "Scheduler", "plan"]
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +38,16 @@ def _unassigned(task: pb.Task) -> bool:
     return task.status.state < pb.ASSIGNED and task.desired_state <= pb.COMPLETE  # jobs' tasks: COMPLETE
 
 
-def plan(tx: ReadTx) -> list[tuple[str, str, str]]:
-    """Decide placements over a read view: [(task id, node id or "", explanation)]. Pure."""
-    now = time.time()
-    infos = {n.id: NodeInfo(n) for n in tx.nodes()}
-    pending: list[pb.Task] = []
-    for task in tx.tasks():
-        if _unassigned(task):
-            pending.append(task)
-        elif task.node_id in infos:
-            infos[task.node_id].add(task)
-            if (
-                task.status.state in (pb.FAILED, pb.REJECTED)
-                and now - ts_seconds(task.status.timestamp) < FAILURE_WINDOW
-            ):
-                infos[task.node_id].recent_failures[task.service_id] += 1
-    placement = Placement(list(infos.values()))
+def _failed_at(task: pb.Task) -> float | None:
+    """When the task failed on its node, if it did (a node's recent failures rank it lower)."""
+    if task.status.state in (pb.FAILED, pb.REJECTED):
+        return ts_seconds(task.status.timestamp)
+    return None
+
+
+def _decide(infos: Iterable[NodeInfo], pending: list[pb.Task]) -> list[tuple[str, str, str]]:
+    """Place ``pending`` on ``infos`` (which it updates): [(task id, node id or "", explanation)]."""
+    placement = Placement(list(infos))
     groups: dict[tuple[str, int], list[pb.Task]] = {}
     for task in sorted(pending, key=lambda t: (t.slot, ts_seconds(t.meta.created_at))):
         groups.setdefault((task.service_id, task.spec_version.index), []).append(task)
@@ -59,23 +58,143 @@ def plan(tx: ReadTx) -> list[tuple[str, str, str]]:
     return decisions
 
 
+def plan(tx: ReadTx) -> list[tuple[str, str, str]]:
+    """Decide placements over a whole read view: [(task id, node id or "", explanation)]. Pure.
+
+    The Scheduler reaches the same decisions from its ``ClusterView`` without reading every task.
+    """
+    now = time.time()
+    infos = {n.id: NodeInfo(n) for n in tx.nodes()}
+    pending: list[pb.Task] = []
+    for task in tx.tasks():
+        if _unassigned(task):
+            pending.append(task)
+        elif task.node_id in infos:
+            infos[task.node_id].add(task)
+            failed_at = _failed_at(task)
+            if failed_at is not None and now - failed_at < FAILURE_WINDOW:
+                infos[task.node_id].recent_failures[task.service_id] += 1
+    return _decide(infos.values(), pending)
+
+
+class ClusterView:
+    """The scheduler's picture of the cluster, kept up to date event by event.
+
+    ``nodes`` counts what every placed task holds on its node, ``pending`` the IDs of the tasks
+    waiting to be placed. Applying an event costs O(1); nothing here copies the store.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeInfo] = {}
+        self.pending: set[str] = set()
+        # task id -> (the info that counted it, what it holds there): a node that went away (or
+        # came back) has a new info, which never counted the task.
+        self._holds: dict[str, tuple[NodeInfo, Hold]] = {}
+        self._failures: dict[str, tuple[NodeInfo, str, float]] = {}  # task id -> (info, service, failed at)
+        self._expiry: list[tuple[float, str]] = []  # heap of (failed at, task id)
+        self.changed = True  # since the last plan: without a change, planning again decides the same
+
+    def load(self, tx: ReadTx) -> None:
+        for node in tx.nodes():
+            self.nodes[node.id] = NodeInfo(node)
+        for task in tx.tasks():
+            self.apply_task(task)
+
+    def apply(self, item: WatchItem, store: MemoryStore) -> None:
+        if not isinstance(item, Event):
+            return
+        self.changed = True
+        obj = item.obj
+        if isinstance(obj, pb.Task):
+            if item.action == "delete":
+                self.forget_task(obj.id)
+            else:
+                self.apply_task(obj)
+        elif isinstance(obj, pb.Node):
+            if item.action == "delete":
+                self.nodes.pop(obj.id, None)
+            elif obj.id in self.nodes:
+                self.nodes[obj.id].node = obj
+            else:
+                # A node that joined holds nothing yet; count whatever the store says it holds.
+                self.nodes[obj.id] = NodeInfo(obj)
+                for task in store.view(lambda tx: tx.tasks_by_node(obj.id)):
+                    self.apply_task(task)
+
+    def forget_task(self, task_id: str) -> None:
+        self.pending.discard(task_id)
+        held = self._holds.pop(task_id, None)
+        if held is not None:
+            held[0].release(held[1])
+        failure = self._failures.pop(task_id, None)
+        if failure is not None:
+            _uncount(failure[0].recent_failures, failure[1])
+
+    def apply_task(self, task: pb.Task) -> None:
+        self.forget_task(task.id)
+        if _unassigned(task):
+            self.pending.add(task.id)
+            return
+        info = self.nodes.get(task.node_id)
+        if info is None:
+            return  # no such node (any more): it holds nothing
+        hold = hold_of(task)
+        self._holds[task.id] = (info, hold)
+        info.take(hold)
+        failed_at = _failed_at(task)
+        if failed_at is not None and time.time() - failed_at < FAILURE_WINDOW:
+            self._failures[task.id] = (info, task.service_id, failed_at)
+            heapq.heappush(self._expiry, (failed_at, task.id))
+            info.recent_failures[task.service_id] += 1
+
+    def expire_failures(self, now: float) -> None:
+        """Failures older than the window no longer count against their node."""
+        while self._expiry and now - self._expiry[0][0] >= FAILURE_WINDOW:
+            failed_at, task_id = heapq.heappop(self._expiry)
+            self.changed = True
+            failure = self._failures.get(task_id)
+            if failure is None or failure[2] != failed_at:
+                continue  # forgotten, or failed again later (its newer entry is in the heap)
+            del self._failures[task_id]
+            _uncount(failure[0].recent_failures, failure[1])
+
+    def plan(self, tx: ReadTx) -> list[tuple[str, str, str]]:
+        """Decide the waiting tasks' placements, on copies of the node infos. Reads only those tasks."""
+        self.expire_failures(time.time())
+        self.changed = False
+        pending = [t for t in (tx.get_task(i) for i in self.pending) if t is not None and _unassigned(t)]
+        if not pending:
+            return []
+        return _decide((info.clone() for info in self.nodes.values()), pending)
+
+
+def _uncount(counter: dict[str, int], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
 class Scheduler:
     """Leader-only component; ``run`` until cancelled."""
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
+        self.view = ClusterView()
 
     async def run(self) -> None:
-        async with self._store.watch() as queue:
+        async with self._store.view_and_watch(self.view.load) as (_, queue):
             await self._tick()
             while True:
-                # Pending tasks are retried even without a change (e.g. a node's resources freed).
+                # Pending tasks are retried after changes the debounce below found irrelevant, and
+                # when a node's failure leaves the window; never when nothing changed at all.
                 try:
                     first = await asyncio.wait_for(queue.get(), RETRY_PENDING)
                 except TimeoutError:
-                    if self._store.view(lambda tx: any(_unassigned(t) for t in tx.tasks())):
+                    self.view.expire_failures(time.time())
+                    if self.view.pending and self.view.changed:
                         await self._tick()
                     continue
+                self.view.apply(first, self._store)
                 relevant = _relevant(first)
                 started = time.monotonic()
                 while time.monotonic() - started < MAX_LATENCY:
@@ -83,14 +202,16 @@ class Scheduler:
                         item = await asyncio.wait_for(queue.get(), DEBOUNCE)
                     except TimeoutError:
                         break
+                    self.view.apply(item, self._store)
                     relevant = relevant or _relevant(item)
                 for item in iter_nowait(queue):
+                    self.view.apply(item, self._store)
                     relevant = relevant or _relevant(item)
                 if relevant:
                     await self._tick()
 
     async def _tick(self) -> None:
-        decisions = self._store.view(plan)
+        decisions = self._store.view(self.view.plan)
         if not decisions:
             return
         errors = await self._store.batch([_apply(d) for d in decisions])

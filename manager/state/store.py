@@ -43,10 +43,12 @@ __all__ = [
     "Object",
     "Proposer",
     "ReadTx",
+    "WatchKey",
     "WriteTx",
+    "watch_keys",
 ]
 
-Object = pb.Service | pb.Task | pb.Node | pb.Cluster
+Object = pb.Service | pb.Task | pb.Node | pb.Cluster | pb.Network
 T = TypeVar("T")
 Effect = Callable[[], None]
 
@@ -56,8 +58,8 @@ log = logging.getLogger(__name__)
 MAX_CHANGES_PER_TRANSACTION = 200
 CONFLICT_RETRIES = 5
 
-_TABLE_OF = {pb.Service: "service", pb.Task: "task", pb.Node: "node", pb.Cluster: "cluster"}
-_FIELD_OF_TABLE = {"service": "service", "task": "task", "node": "node", "cluster": "cluster"}
+_TABLE_OF = {pb.Service: "service", pb.Task: "task", pb.Node: "node", pb.Cluster: "cluster", pb.Network: "network"}
+_FIELD_OF_TABLE = {"service": "service", "task": "task", "node": "node", "cluster": "cluster", "network": "network"}
 
 # Error strings travel through Raft as apply results; they map back to exceptions here.
 _ERRORS: dict[str, Callable[[str], ManagerError]] = {
@@ -95,6 +97,30 @@ class Commit:
 
 WatchItem = Event | Commit
 
+# What a keyed watcher subscribes to: ("task", id), ("task-node", node id), ("task-service",
+# service id), ("node", id), ("service", id). See ``watch_keys``.
+WatchKey = tuple[str, str]
+
+
+def watch_keys(event: Event) -> set[WatchKey]:
+    """The keys an event matches. A task matches the node it is on and the one it was on."""
+    obj = event.obj
+    if isinstance(obj, pb.Task):
+        keys = {("task", obj.id), ("task-service", obj.service_id)}
+        if obj.node_id:
+            keys.add(("task-node", obj.node_id))
+        if isinstance(event.old, pb.Task) and event.old.node_id:
+            keys.add(("task-node", event.old.node_id))
+        return keys
+    return {(event.table, obj.id)}
+
+
+@dataclass(eq=False, slots=True)
+class _KeyedWatcher:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[WatchItem]
+    keys: frozenset[WatchKey]
+
 
 def table_of(obj: Object) -> str:
     return _TABLE_OF[type(obj)]
@@ -106,6 +132,7 @@ class _Tables:
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Object]] = {t: {} for t in _FIELD_OF_TABLE}
         self.service_by_name: dict[str, str] = {}
+        self.network_by_name: dict[str, str] = {}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
 
@@ -114,6 +141,8 @@ class _Tables:
         self.objects[table][obj.id] = obj
         if isinstance(obj, pb.Service):
             self.service_by_name[obj.spec.annotations.name.lower()] = obj.id
+        elif isinstance(obj, pb.Network):
+            self.network_by_name[obj.spec.annotations.name] = obj.id
         elif isinstance(obj, pb.Task):
             self.tasks_by_service[obj.service_id].add(obj.id)
             if obj.node_id:
@@ -123,6 +152,8 @@ class _Tables:
         old = self.objects[table].pop(obj_id, None)
         if isinstance(old, pb.Service):
             self.service_by_name.pop(old.spec.annotations.name.lower(), None)
+        elif isinstance(old, pb.Network):
+            self.network_by_name.pop(old.spec.annotations.name, None)
         elif isinstance(old, pb.Task):
             _discard(self.tasks_by_service, old.service_id, old.id)
             if old.node_id:
@@ -171,6 +202,20 @@ class ReadTx:
 
     def nodes(self) -> list[pb.Node]:
         return self._all("node")  # type: ignore[return-value]
+
+    def get_network(self, network_id: str) -> pb.Network | None:
+        return self._get("network", network_id)  # type: ignore[return-value]
+
+    def networks(self) -> list[pb.Network]:
+        return self._all("network")  # type: ignore[return-value]
+
+    def network_by_name(self, name: str) -> pb.Network | None:
+        network_id = self._t.network_by_name.get(name)
+        return self.get_network(network_id) if network_id else None
+
+    def network_slices(self) -> set[int]:
+        """The network slices nodes hold (read in place: no copies of every node)."""
+        return {n.network_slice for n in self._t.objects["node"].values() if isinstance(n, pb.Node)}
 
     def service_by_name(self, name: str) -> pb.Service | None:
         service_id = self._t.service_by_name.get(name.lower())
@@ -261,6 +306,7 @@ class MemoryStore:
         self._proposer = proposer
         self._local_index = 0  # only used without a proposer
         self._watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[WatchItem]]] = []
+        self._keyed: defaultdict[WatchKey, list[_KeyedWatcher]] = defaultdict(list)
         self.last_index = 0
 
     def set_proposer(self, proposer: Proposer) -> None:
@@ -399,6 +445,9 @@ class MemoryStore:
                 if isinstance(old, pb.Service):
                     names[old.spec.annotations.name.lower()] = None
                 names[obj.spec.annotations.name.lower()] = obj.id
+            if isinstance(obj, pb.Network) and action.kind == pb.StoreAction.CREATE:
+                if obj.spec.annotations.name in self._tables.network_by_name:
+                    raise NameConflict(f"network with name {obj.spec.annotations.name} already exists")
             if action.kind == pb.StoreAction.DELETE:
                 if isinstance(old, pb.Service):
                     names[old.spec.annotations.name.lower()] = None
@@ -421,6 +470,7 @@ class MemoryStore:
             snap.tasks.extend(o["task"].values())  # type: ignore[arg-type]
             snap.nodes.extend(o["node"].values())  # type: ignore[arg-type]
             snap.clusters.extend(o["cluster"].values())  # type: ignore[arg-type]
+            snap.networks.extend(o["network"].values())  # type: ignore[arg-type]
             return snap.SerializeToString()
 
     def digest(self) -> str:
@@ -429,7 +479,7 @@ class MemoryStore:
 
         h = hashlib.sha256()
         with self._lock:
-            for table in ("cluster", "node", "service", "task"):
+            for table in ("cluster", "node", "service", "task", "network"):
                 objects = self._tables.objects[table]
                 for obj_id in sorted(objects):
                     h.update(objects[obj_id].SerializeToString(deterministic=True))
@@ -444,6 +494,7 @@ class MemoryStore:
                 ("task", snap.tasks),
                 ("node", snap.nodes),
                 ("cluster", snap.clusters),
+                ("network", snap.networks),
             ):
                 for obj in items:
                     self._tables.put(table, _copy(obj))
@@ -455,33 +506,82 @@ class MemoryStore:
                 loop.call_soon_threadsafe(_put_all, queue, events)
             except RuntimeError:  # that loop is closed; its watcher is gone
                 pass
+        if self._keyed:
+            self._publish_keyed(events)
+
+    def _publish_keyed(self, events: list[WatchItem]) -> None:
+        """Hand each keyed watcher only the events that concern it, then the commit.
+
+        The cost follows the events (a dict lookup per key of each), not the number of keyed
+        watchers: a thousand assignment streams cost nothing for a change on another node.
+        """
+        batches: dict[int, tuple[_KeyedWatcher, list[WatchItem]]] = {}
+        for event in events:
+            if not isinstance(event, Event):
+                continue
+            for key in watch_keys(event):
+                for watcher in self._keyed.get(key, ()):
+                    _, batch = batches.setdefault(id(watcher), (watcher, []))
+                    if not batch or batch[-1] is not event:  # one event may match several keys
+                        batch.append(event)
+        commit = events[-1]
+        for watcher, batch in batches.values():
+            batch.append(commit)
+            try:
+                watcher.loop.call_soon_threadsafe(_put_all, watcher.queue, batch)
+            except RuntimeError:
+                pass
+
+    def _subscribe(self, keys: Iterable[WatchKey] | None) -> tuple[asyncio.Queue[WatchItem], Callable[[], None]]:
+        """Register a watcher (call under the lock): its queue and its unsubscribe function."""
+        queue: asyncio.Queue[WatchItem] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        if keys is None:
+            entry = (loop, queue)
+            self._watchers.append(entry)
+            return queue, lambda: self._watchers.remove(entry)
+        watcher = _KeyedWatcher(loop, queue, frozenset(keys))
+        for key in watcher.keys:
+            self._keyed[key].append(watcher)
+
+        def unsubscribe() -> None:
+            for key in watcher.keys:
+                watchers = self._keyed.get(key)
+                if watchers is not None:
+                    watchers.remove(watcher)
+                    if not watchers:
+                        del self._keyed[key]
+
+        return queue, unsubscribe
 
     @asynccontextmanager
-    async def watch(self) -> AsyncIterator[asyncio.Queue[WatchItem]]:
-        """Subscribe to committed changes. Subscribe first, then read a snapshot with ``view``."""
-        queue: asyncio.Queue[WatchItem] = asyncio.Queue()
-        entry = (asyncio.get_running_loop(), queue)
+    async def watch(self, keys: Iterable[WatchKey] | None = None) -> AsyncIterator[asyncio.Queue[WatchItem]]:
+        """Subscribe to committed changes. Subscribe first, then read a snapshot with ``view``.
+
+        With ``keys`` (see ``watch_keys``) only the events that match one of them arrive, each
+        transaction's followed by its ``Commit``; transactions that match none are not seen.
+        """
         with self._lock:
-            self._watchers.append(entry)
+            queue, unsubscribe = self._subscribe(keys)
         try:
             yield queue
         finally:
             with self._lock:
-                self._watchers.remove(entry)
+                unsubscribe()
 
     @asynccontextmanager
-    async def view_and_watch(self, fn: Callable[[ReadTx], T]) -> AsyncIterator[tuple[T, asyncio.Queue[WatchItem]]]:
+    async def view_and_watch(
+        self, fn: Callable[[ReadTx], T], keys: Iterable[WatchKey] | None = None
+    ) -> AsyncIterator[tuple[T, asyncio.Queue[WatchItem]]]:
         """A snapshot and a subscription taken atomically: no change falls between them."""
-        queue: asyncio.Queue[WatchItem] = asyncio.Queue()
-        entry = (asyncio.get_running_loop(), queue)
         with self._lock:
             result = fn(ReadTx(self._tables))
-            self._watchers.append(entry)
+            queue, unsubscribe = self._subscribe(keys)
         try:
             yield result, queue
         finally:
             with self._lock:
-                self._watchers.remove(entry)
+                unsubscribe()
 
 
 def _put_all(queue: asyncio.Queue[WatchItem], events: list[WatchItem]) -> None:
