@@ -27,7 +27,7 @@ from minisw.agent.exec.controller import Attachment
 from minisw.agent.exec.docker_adapter import DockerExecutor
 from minisw.agent.exec.errors import ExecError
 from minisw.agent.loadbalancer import LoadBalancer, LoadBalancerError, LocalBridge
-from minisw.agent.overlay import CommandFailed, PeerRoute, forward_rules, sync_forward_rules, sync_routes
+from minisw.agent.overlay import BRIDGE_PREFIX, CommandFailed, PeerRoute, forward_rules, sync_forward_rules, sync_routes
 from minisw.proto import dispatcher_pb2 as dpb
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.netaddr import NetworkPlan, SubnetError
@@ -45,7 +45,7 @@ def docker_network_name(network: pb.Network) -> str:
 
 
 def bridge_name(network: pb.Network) -> str:
-    return f"msw{network.id[:10]}"  # interface names are at most 15 characters
+    return f"{BRIDGE_PREFIX}{network.id[:10]}"  # interface names are at most 15 characters
 
 
 class KernelNetworking:

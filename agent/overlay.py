@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "BRIDGE_PREFIX",
     "CHAIN",
     "ROUTE_PROTO",
     "CommandFailed",
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ROUTE_PROTO = "250"  # a routing protocol number nobody has taken: "ours"
 CHAIN = "MINISW-FORWARD"
+BRIDGE_PREFIX = "msw"  # every bridge kernel networking makes is named msw<network ID prefix>
 
 
 class CommandFailed(RuntimeError):
@@ -88,6 +90,10 @@ def forward_rules(networks: Iterable[tuple[str, str, bool]]) -> list[list[str]]:
             rules.append(["-o", bridge, "-j", "ACCEPT"])
         else:
             rules.append(["-s", subnet, "-d", subnet, "-o", bridge, "-j", "ACCEPT"])
+    # Whatever else starts a connection into one of our bridges comes from another network. A
+    # namespace inherits the machine's ip_forward=1, so its dockerd may leave FORWARD's policy
+    # at ACCEPT: this drop is what keeps networks apart across nodes then.
+    rules.append(["-o", f"{BRIDGE_PREFIX}+", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"])
     return rules
 
 

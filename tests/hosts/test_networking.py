@@ -169,8 +169,8 @@ def test_a_dead_task_leaves_the_rotation_and_new_tasks_join(net: HostsCluster) -
         while not stop.is_set():
             try:
                 answers.append((time.monotonic(), served_by(fetch(f"http://{entry}:8090/", timeout=1.0))))
-            except OSError:
-                answers.append((time.monotonic(), "failed"))
+            except OSError as err:
+                answers.append((time.monotonic(), f"failed {err}"))
 
     sender = threading.Thread(target=loop)
     sender.start()
@@ -188,9 +188,12 @@ def test_a_dead_task_leaves_the_rotation_and_new_tasks_join(net: HostsCluster) -
         sender.join()
     after = [who for at, who in answers if at > settled_at + 0.5]
     assert len(after) > 20
-    assert victim.id[:12] not in after and "failed" not in after, collections.Counter(after)
-    during = [who for at, who in answers if killed_at <= at <= settled_at + 0.5]
-    assert during.count("failed") <= 3, collections.Counter(during)
+    assert victim.id[:12] not in after and not any(w.startswith("failed") for w in after), collections.Counter(after)
+    # Until the daemon reports the death, the dead container's namespace still answers (refused);
+    # a request already sent to it by another node's table before the managers told it times out.
+    # None may start after every node knows.
+    failures = [(round(at - killed_at, 2), who) for at, who in answers if who.startswith("failed")]
+    assert all(at - 1.0 <= settled_at - killed_at for at, _ in failures), (settled_at - killed_at, failures)
 
     hosts.cli_ok("service", "scale", "--detach", "spin=5")
     hosts.wait_running("spin", 5)
