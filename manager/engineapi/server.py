@@ -22,6 +22,7 @@ from aiohttp import web
 from minisw.manager.controlapi.server import ManagerHandle
 from minisw.manager.engineapi.calls import ENGINE, ControlCalls
 from minisw.manager.engineapi.logs import add_log_routes
+from minisw.manager.engineapi.networks import add_network_routes
 from minisw.manager.engineapi.nodes import add_node_routes
 from minisw.manager.engineapi.services import add_service_routes
 from minisw.manager.engineapi.tls import ServingCertificate
@@ -100,6 +101,7 @@ def build_app(calls: ControlCalls) -> web.Application:
     add_service_routes(add)
     add_log_routes(add)
     add_node_routes(add)
+    add_network_routes(add)
     app.router.add_route("*", "/{tail:.*}", _page_not_found)
     return app
 

@@ -34,7 +34,7 @@ TASK_FILTERS = ("id", "name", "label", "service", "node", "desired-state", "_up-
 # rebalance counter) and survives a docker update, which cannot express it, unchanged.
 _DOCKER_FIELDS = {
     "ServiceSpec": {"annotations", "task", "replicated", "global", "update", "rollback", "endpoint"},
-    "TaskSpec": {"container", "resources", "restart", "placement", "force_update", "log_driver"},
+    "TaskSpec": {"container", "resources", "restart", "placement", "force_update", "log_driver", "networks"},
 }
 
 
@@ -163,12 +163,22 @@ async def list_tasks(request: web.Request) -> web.Response:
         services = (await call(request, "ListServices", api.ListServicesRequest())).services
         names = {s.id: s.spec.annotations.name for s in services}
         tasks = [t for t in tasks if any(task_name(names.get(t.service_id, ""), t).startswith(n) for n in f["name"])]
-    return json_response([task_json(t) for t in tasks])
+    networks = await _networks_of(request, tasks)
+    return json_response([task_json(t, networks) for t in tasks])
+
+
+async def _networks_of(request: web.Request, tasks: list[pb.Task]) -> dict[str, pb.Network]:
+    """The networks (by ID) that ``NetworksAttachments`` describes; asked for only when a task
+    has an address on one (the CLI's wait loop polls ``/tasks`` several times a second)."""
+    if not any(t.status.networks for t in tasks):
+        return {}
+    reply = await request.app[ENGINE](request, "ListNetworks", api.ListNetworksRequest())
+    return {n.id: n for n in reply.networks}
 
 
 async def get_task(request: web.Request) -> web.Response:
     reply = await request.app[ENGINE](request, "GetTask", api.GetTaskRequest(task_id=request.match_info["ref"]))
-    return json_response(task_json(reply.task))
+    return json_response(task_json(reply.task, await _networks_of(request, [reply.task])))
 
 
 def add_service_routes(add: Callable[[str, str, Handler], None]) -> None:

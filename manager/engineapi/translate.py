@@ -16,7 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from minisw.proto import objects_pb2 as pb
 
-__all__ = ["BadRequest", "JSONObject", "node_spec", "service_spec"]
+__all__ = ["BadRequest", "JSONObject", "network_spec", "node_spec", "service_spec"]
 
 
 class BadRequest(Exception):
@@ -161,9 +161,35 @@ def service_spec(data: Any) -> pb.ServiceSpec:
     if o.has("RollbackConfig"):
         _update_config(o.obj("RollbackConfig"), spec.rollback)
     _endpoint_spec(o.obj("EndpointSpec"), spec.endpoint)
-    o.unsupported("Networks")
+    _deprecated_networks(o.objs("Networks"), spec.task)
     o.done()
     return spec
+
+
+def _attachments(items: list[JSONObject]) -> list[pb.NetworkAttachmentConfig]:
+    """``[{Target, Aliases}]``: targets as the client gave them (name, ID or prefix); the
+    manager resolves them to IDs when it stores the spec."""
+    out = []
+    for item in items:
+        out.append(pb.NetworkAttachmentConfig(target=item.text("Target"), aliases=item.strs("Aliases")))
+        item.unsupported("DriverOpts")
+        item.done()
+    return out
+
+
+def _deprecated_networks(items: list[JSONObject], task: pb.TaskSpec) -> None:
+    """``ServiceSpec.Networks`` (deprecated since API 1.44): dockerd moves them into the task
+    template when that names none. Both, and different, would leave one list unheeded."""
+    networks = _attachments(items)
+    if not networks:
+        return
+    if not task.networks:
+        task.networks.extend(networks)
+    elif list(task.networks) != networks:
+        raise BadRequest(
+            "ServiceSpec.Networks (deprecated) and TaskTemplate.Networks differ: "
+            "give the networks in TaskTemplate.Networks only"
+        )
 
 
 def _mode(o: JSONObject, spec: pb.ServiceSpec) -> None:
@@ -209,7 +235,8 @@ def _task_spec(o: JSONObject, task: pb.TaskSpec) -> None:
         task.log_driver.options.update(d.labels("Options"))
         d.done()
     task.force_update = o.integer("ForceUpdate")
-    o.unsupported("Networks", "PluginSpec", "NetworkAttachmentSpec", "Runtime", allowed={"Runtime": "container"})
+    task.networks.extend(_attachments(o.objs("Networks")))
+    o.unsupported("PluginSpec", "NetworkAttachmentSpec", "Runtime", allowed={"Runtime": "container"})
     o.done()
 
 
@@ -355,3 +382,56 @@ def node_spec(data: Any, current: pb.NodeSpec) -> pb.NodeSpec:
     spec.availability = o.choice("Availability", _AVAILABILITY)  # type: ignore[assignment]
     o.done()
     return spec
+
+
+def network_spec(data: Any) -> pb.NetworkSpec:
+    """``POST /networks/create``'s body (network.CreateRequest) as a swarm network's spec.
+
+    minisw's networks are swarm-scoped overlay networks with one IPv4 subnet and the default
+    IPAM; what the docker CLI always sends (scope "", driver options {}, IPAM driver "default")
+    passes, anything that asks for more is refused by name rather than ignored."""
+    o = JSONObject(data, "CreateRequest")
+    spec = pb.NetworkSpec(driver=o.text("Driver") or "overlay")
+    spec.annotations.name = o.text("Name")
+    spec.annotations.labels.update(o.labels("Labels"))
+    if spec.driver != "overlay":
+        raise BadRequest(
+            f'network driver "{spec.driver}" is not supported: minisw networks are swarm overlay networks '
+            "(docker network create -d overlay NAME)"
+        )
+    scope = o.text("Scope")
+    if scope not in ("", "swarm"):
+        raise BadRequest(f'network scope "{scope}" is not supported: minisw networks are swarm-scoped')
+    spec.attachable = o.flag("Attachable")
+    spec.ingress = o.flag("Ingress")
+    o.flag("CheckDuplicate")  # deprecated; names are always unique in swarm
+    if o.has("EnableIPv4") and not o.flag("EnableIPv4"):
+        raise BadRequest("CreateRequest.EnableIPv4 cannot be false: minisw networks are IPv4 networks")
+    o.flag("EnableIPv6")  # type-checked; refused below when set
+    o.unsupported("EnableIPv6", "Internal", "ConfigOnly", "Options")
+    if o.has("ConfigFrom"):
+        config_from = o.obj("ConfigFrom")
+        config_from.unsupported("Network")
+        config_from.done()
+    if o.has("IPAM"):
+        spec.subnet = _ipam_subnet(o.obj("IPAM"))
+    o.done()
+    return spec
+
+
+def _ipam_subnet(o: JSONObject) -> str:
+    if o.text("Driver") not in ("", "default"):
+        raise BadRequest(f'IPAM driver "{o.text("Driver")}" is not supported: minisw networks use the default IPAM')
+    o.unsupported("Options")
+    configs = o.objs("Config")
+    if len(configs) > 1:
+        raise BadRequest("a minisw network has one subnet: give at most one IPAM.Config")
+    subnet = ""
+    for config in configs:
+        subnet = config.text("Subnet")
+        # The gateway is the subnet's first address and each node's part holds its tasks
+        # (proto/netaddr.py): there is nothing else to choose.
+        config.unsupported("IPRange", "Gateway", "AuxiliaryAddresses")
+        config.done()
+    o.done()
+    return subnet

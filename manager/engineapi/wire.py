@@ -28,6 +28,7 @@ __all__ = [
     "empty_response",
     "engine_middleware",
     "filters",
+    "http_error",
     "json_body",
     "json_response",
     "set_engine_headers",

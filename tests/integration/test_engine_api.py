@@ -10,6 +10,7 @@ import re
 import ssl
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,130 @@ def _manager_cmd(c: Cluster) -> list[str]:
 
     data = c.root / "refused"
     return [sys.executable, "-m", "minisw.cli", "manager", "--data-dir", str(data), "--listen", "127.0.0.1:1", "--init"]
+
+
+def _rows(table_text: str) -> dict[str, list[str]]:
+    """A docker table by its second column (the name), header left out."""
+    rows = [re.split(r"\s{2,}", line.strip()) for line in table_text.splitlines()[1:]]
+    return {row[1]: row for row in rows}
+
+
+def test_docker_cli_networks_and_services_on_them(cluster_factory: type) -> None:
+    # One manager and one worker on the loopback cluster: tasks on an overlay network are
+    # rejected there (kernel networking needs separate hosts), so this checks the control plane.
+    c: Cluster = cluster_factory().start_managers(1)
+    c.add_agent("w1")
+
+    network_id = docker_ok(c, "network", "create", "-d", "overlay", "--label", "team=a", "n1").strip()
+    ours = c.cli_json("network", "inspect", "n1")[0]
+    assert network_id == ours["Id"]
+
+    listed = docker_ok(c, "network", "ls")
+    assert _rows(listed)["n1"] == [network_id[:12], "n1", "overlay", "swarm"], listed
+    assert _rows(listed)["ingress"][2:] == ["overlay", "swarm"], listed
+    same_table(listed, c.cli_ok("network", "ls"))
+    assert docker_ok(c, "network", "ls", "-f", "label=team=a", "--format", "{{.Name}} {{.Scope}}") == "n1 swarm\n"
+    assert docker_ok(c, "network", "ls", "-q", "-f", "name=^n1$", "-f", "driver=overlay").split() == [network_id[:12]]
+    assert docker_ok(c, "network", "ls", "-q", "-f", "scope=local") == ""
+
+    inspected = json.loads(docker_ok(c, "network", "inspect", "n1"))
+    assert inspected == [{k: v for k, v in ours.items() if k != "Services"}]
+    assert inspected[0]["Scope"] == "swarm" and inspected[0]["Labels"] == {"team": "a"}
+    assert inspected[0]["IPAM"]["Config"][0]["Subnet"] == ours["IPAM"]["Config"][0]["Subnet"]
+    assert json.loads(docker_ok(c, "network", "inspect", network_id[:6])) == inspected  # by ID prefix
+
+    bridge = docker(c, "network", "create", "b1")  # the CLI's default driver is bridge
+    assert bridge.returncode == 1
+    assert bridge.stderr.strip() == (
+        'Error response from daemon: network driver "bridge" is not supported: minisw networks are swarm '
+        "overlay networks (docker network create -d overlay NAME)"
+    )
+    twice = docker(c, "network", "create", "-d", "overlay", "n1")
+    assert twice.returncode == 1
+    assert twice.stderr.strip() == "Error response from daemon: network with name n1 already exists"
+
+    created = docker(
+        c, "service", "create", "-d", "--no-resolve-image", "--network", "n1", "--name", "web", "minisw/web:1"
+    )
+    assert created.returncode == 0, created.stderr
+    service = json.loads(docker_ok(c, "service", "inspect", "web"))[0]
+    assert service["Spec"]["TaskTemplate"]["Networks"] == [{"Target": network_id}]
+    vips = service["Endpoint"]["VirtualIPs"]
+    assert [v["NetworkID"] for v in vips] == [network_id], service["Endpoint"]
+    assert service["Endpoint"] == c.cli_json("service", "inspect", "web")[0]["Endpoint"]
+    pretty = docker_ok(c, "service", "inspect", "--pretty", "web")  # looks the network's name up
+    assert re.search(r"^Networks:\s+n1\s*$", pretty, re.M), pretty
+
+    # docker sends the whole spec back: the network and its VIP must survive an image update.
+    updated = docker(c, "service", "update", "-d", "--no-resolve-image", "--image", "minisw/web:2", "web")
+    assert updated.returncode == 0, updated.stderr
+    after = json.loads(docker_ok(c, "service", "inspect", "web"))[0]
+    assert after["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == "minisw/web:2"
+    assert after["Spec"]["TaskTemplate"]["Networks"] == [{"Target": network_id}]
+    assert after["Endpoint"]["VirtualIPs"] == vips
+
+    poll_until(lambda: c.tasks("web"), 30, what="a task of web")
+    ps = docker(c, "service", "ps", "--no-trunc", "web")  # GET /tasks with the networks beside
+    assert ps.returncode == 0 and "web.1" in ps.stdout, ps
+    verbose = json.loads(docker_ok(c, "network", "inspect", "--verbose", "n1"))[0]
+    assert verbose["Services"]["web"]["VIP"] == vips[0]["Addr"].split("/")[0], verbose["Services"]
+
+    in_use = docker(c, "network", "rm", "n1")
+    assert in_use.returncode == 1
+    assert in_use.stderr.startswith(
+        "Error response from daemon: rpc error: code = FailedPrecondition desc = network n1 is in use by service web"
+    ), in_use.stderr
+    assert "n1" in _rows(docker_ok(c, "network", "ls"))
+
+    assert docker_ok(c, "service", "rm", "web").strip() == "web"
+    assert docker_ok(c, "network", "rm", "n1").strip() == "n1"
+    assert "n1" not in _rows(docker_ok(c, "network", "ls"))
+    gone = docker(c, "network", "inspect", "n1")
+    assert gone.returncode == 1 and gone.stderr.strip() == "Error response from daemon: network n1 not found"
+    missing = docker(c, "network", "rm", "n1")
+    assert missing.returncode == 1 and missing.stderr.strip() == "Error response from daemon: network n1 not found"
+    assert docker(c, "network", "rm", "-f", "n1").returncode == 0
+
+
+def test_network_requests_docker_cannot_express_here_are_refused(cluster_factory: type) -> None:
+    c: Cluster = cluster_factory().start_managers(1)
+
+    def create(body: dict[str, Any]) -> tuple[int, Any]:
+        status, reply, _ = _https(c, "POST", "/networks/create", json.dumps({"Name": "x", **body}).encode())
+        return status, reply
+
+    assert create({"Driver": "overlay", "IPAM": {"Config": [{"Subnet": "10.77.0.0/16", "Gateway": "10.77.0.9"}]}}) == (
+        400,
+        {"message": "CreateRequest.IPAM.Config.Gateway is not supported by minisw"},
+    )
+    assert create({"Driver": "overlay", "Options": {"encrypted": ""}}) == (
+        400,
+        {"message": "CreateRequest.Options is not supported by minisw"},
+    )
+    assert create({"Driver": "overlay", "Scope": "local"})[0] == 400
+    status, reply = create({"Driver": "overlay", "Ingress": True})
+    assert status == 400 and "ingress network already" in reply["message"], reply
+    assert c.cli_ok("network", "ls", "-q", "-f", "name=^x$") == ""
+
+    # docker-py's body (CheckDuplicate, nulls) and a subnet of our choosing.
+    status, reply = create(
+        {
+            "Driver": "overlay",
+            "CheckDuplicate": True,
+            "Labels": None,
+            "Options": None,
+            "IPAM": {"Driver": "default", "Config": [{"Subnet": "10.77.0.0/16"}], "Options": {}},
+        }
+    )
+    assert status == 201 and reply["Warning"] == "", reply
+    status, listed, _ = _https(c, "GET", "/networks?filters=" + urllib.parse.quote('{"name":["^x$"]}'))
+    assert status == 200 and [n["Id"] for n in listed] == [reply["Id"]]
+    assert listed[0]["IPAM"]["Config"] == [{"Subnet": "10.77.0.0/16", "Gateway": "10.77.0.1"}]
+
+    ingress = c.cli_json("network", "inspect", "ingress")[0]["Id"]
+    status, body, _ = _https(c, "DELETE", f"/networks/{ingress}")
+    assert status == 403 and "the ingress network cannot be removed" in body["message"], body
+    status, body, _ = _https(c, "GET", "/networks?filters=" + urllib.parse.quote('{"dangling":["true"]}'))
+    assert (status, body) == (400, {"message": "invalid filter 'dangling'"})
+    status, body, _ = _https(c, "DELETE", f"/networks/{reply['Id']}")
+    assert status == 204 and body is None
