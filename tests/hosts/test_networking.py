@@ -160,7 +160,7 @@ def test_a_dead_task_leaves_the_rotation_and_new_tasks_join(net: HostsCluster) -
                  "--restart-delay", "30s", "--constraint", "node.hostname!=worker2", "minisw/web:1")  # fmt: skip
     hosts.wait_running("spin", 3)
     entry = hosts.address("worker2")  # no task here: every request crosses to another host
-    victim_node = "worker1"
+    victim_node = sorted(hostnames(hosts, "spin").values())[0]
     victim = container_of(hosts, "spin", victim_node)
     answers: list[tuple[float, str]] = []
     stop = threading.Event()
