@@ -23,7 +23,10 @@ def test_down_leaves_nothing_and_up_brings_the_same_cluster_back(tmp_path: Path)
         first.up()
         second.up()  # another directory and subnet, beside the first
         assert first.subnet != second.subnet
-        first.cli_ok("service", "create", "--name", "web", "--replicas", "2", "-p", "8080:80", "minisw/web:1")
+        # Kernel networking in the hosts (bridges, routes, forwarding rules, an nftables table)
+        first.cli_ok("network", "create", "appnet")
+        first.cli_ok("service", "create", "--name", "web", "--replicas", "2", "-p", "8080:80",
+                     "--network", "appnet", "minisw/web:1")  # fmt: skip
         second.cli_ok("service", "create", "--detach", "--name", "other", "minisw/web:2")
         with urllib.request.urlopen(f"http://{first.address('worker1')}:8080/", timeout=3) as response:
             assert response.read().startswith(b"minisw/web:1 ")

@@ -20,6 +20,7 @@ import docker
 import pytest
 
 from minisw.proto import control_pb2 as api
+from minisw.proto.objects_pb2 import PENDING
 from tests.support.cluster import poll_until
 from tests.support.hosts import HostsCluster
 
@@ -202,3 +203,24 @@ def test_a_dead_task_leaves_the_rotation_and_new_tasks_join(net: HostsCluster) -
     seen = poll_until(lambda: (s := {served_by(fetch(f"http://{entry}:8090/")) for _ in range(50)}) == set(tasks) and s,
                       10, what="all 5 tasks in the rotation")  # fmt: skip
     assert seen == set(tasks)
+
+
+def test_host_mode_port_binds_only_where_its_task_runs(net: HostsCluster) -> None:
+    hosts = net
+    hosts.cli_ok("service", "create", "--detach", "--name", "direct", "--replicas", "2",
+                 "--publish", "published=8082,target=80,mode=host", "--constraint", "node.role==worker",
+                 "minisw/web:1")  # fmt: skip
+    running = hosts.wait_running("direct", 2)
+    names = hosts.node_names()
+    assert sorted(names[t.node_id] for t in running) == ["worker1", "worker2"]  # never two on one node
+    for node in ("worker1", "worker2"):
+        assert fetch(f"http://{hosts.address(node)}:8082/").startswith("minisw/web:1 ")
+    with pytest.raises(OSError):
+        fetch(f"http://{hosts.address('manager1')}:8082/")
+    # A third task has no worker left whose port 8082 is free: it waits, and says why.
+    hosts.cli_ok("service", "scale", "--detach", "direct=3")
+    pending = poll_until(lambda: [t for t in hosts.tasks("direct") if t.status.state == PENDING and t.status.err],
+                         15, what="the third task pending with a reason")  # fmt: skip
+    assert "port" in pending[0].status.err, pending[0].status.err
+    assert len(hosts.running("direct")) == 2
+    hosts.cli_ok("service", "rm", "direct")
