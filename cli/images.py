@@ -13,8 +13,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tarfile
 import subprocess
+import tarfile
 import tempfile
 import time
 from pathlib import Path

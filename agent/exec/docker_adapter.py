@@ -20,6 +20,7 @@ import docker
 import docker.errors
 import docker.types
 import requests.exceptions
+from docker.models.containers import _create_container_args  # the SDK's create() arguments -> the API's
 
 from minisw.agent.exec.controller import Attachment, ExitStatus, Started
 from minisw.agent.exec.errors import ContainerGone, ExecError, Unhealthy
@@ -38,6 +39,7 @@ __all__ = ["DockerController", "DockerExecutor", "NetworkAttacher"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+DOCKER_THREADS = 32  # Docker calls at once (create and start of that many tasks together)
 HEALTH_POLL = 0.5
 RECHECK = 5.0  # a wait re-inspects its container this often, in case an event was missed
 _PROTO_NAMES = {"tcp": 0, "udp": 1, "sctp": 2}
@@ -65,8 +67,14 @@ class DockerExecutor:
     def __init__(self, node_id: str, node_addr: str, base_url: str | None = None) -> None:
         self.node_id = node_id
         self.node_addr = node_addr
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
-        self._client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        self._pool = ThreadPoolExecutor(max_workers=DOCKER_THREADS, thread_name_prefix="docker")
+        # As many pooled connections as threads: the SDK's 10 would open (and drop) a fresh one
+        # for every call beyond 10 at once.
+        self._client = (
+            docker.DockerClient(base_url=base_url, max_pool_size=DOCKER_THREADS)
+            if base_url
+            else docker.from_env(max_pool_size=DOCKER_THREADS)
+        )
         self._waiters: dict[str, set[asyncio.Future[ExitStatus]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: Any = None
@@ -279,25 +287,10 @@ class DockerController:
 
     async def prepare(self) -> None:
         def create() -> None:
-            try:
-                self._x.api.inspect_container(self._name)
-                return  # prepared already (e.g. before an agent restart)
-            except docker.errors.NotFound:
-                pass
-            kwargs = create_kwargs(self._task, self._x.node_addr, attachments)
-            try:
-                self._x._client.images.get(kwargs["image"])
-            except docker.errors.ImageNotFound:
-                try:
-                    self._x._client.images.pull(kwargs["image"])
-                except docker.errors.APIError as err:
-                    raise ExecError(f"No such image: {kwargs['image']} ({_explain(err)})") from None
-            try:
-                self._x._client.containers.create(**kwargs)
-            except docker.errors.APIError as err:
-                if err.status_code == 409:
-                    return  # created concurrently: prepared
-                raise ExecError(_explain(err)) from None
+            # One Engine API call in the common case: the image is looked up (and pulled) only when
+            # the create says it is missing, and a container that exists already answers 409.
+            if not self._create(create_kwargs(self._task, self._x.node_addr, attachments), pull=True):
+                return  # prepared already (before an agent restart, or concurrently)
             for attachment in (attachments or [])[1:]:
                 self._x.api.connect_container_to_network(self._name, attachment.docker_network)
 
@@ -314,16 +307,36 @@ class DockerController:
         except requests.exceptions.ConnectionError as err:
             raise ExecError(f"cannot reach the Docker daemon: {err}", temporary=True) from None
 
+    def _create(self, kwargs: dict[str, Any], pull: bool) -> bool:
+        """Blocking: create the container (pulling its image if missing and ``pull``); False if it
+        exists already. The SDK's ``containers.create`` would inspect what it made, unread."""
+        args = _create_container_args({**kwargs, "version": self._x.api._version})
+        try:
+            self._x.api.create_container(**args)
+        except docker.errors.ImageNotFound as err:
+            if not pull:
+                raise ExecError(f"No such image: {kwargs['image']} ({_explain(err)})") from None
+            try:
+                self._x._client.images.pull(kwargs["image"])
+            except docker.errors.APIError as pull_err:
+                raise ExecError(f"No such image: {kwargs['image']} ({_explain(pull_err)})") from None
+            return self._create(kwargs, pull=False)
+        except docker.errors.APIError as err:
+            if err.status_code == 409:
+                return False
+            raise ExecError(_explain(err)) from None
+        return True
+
     async def start(self) -> Started:
         def start() -> dict[str, Any]:
-            state = self._inspect()
-            if not state["State"]["Running"]:
-                try:
-                    self._x.api.start(self._name)
-                except docker.errors.APIError as err:
-                    raise ExecError(_explain(err)) from None
-                state = self._inspect()
-            return state
+            # No look before: starting a running container is a no-op for Docker (304).
+            try:
+                self._x.api.start(self._name)
+            except docker.errors.NotFound:
+                raise ContainerGone(f"container {self._name} no longer exists") from None
+            except docker.errors.APIError as err:
+                raise ExecError(_explain(err)) from None
+            return self._inspect()
 
         state = await self._x.call(start)
         if state["Config"].get("Healthcheck") and state["Config"]["Healthcheck"].get("Test") not in (None, ["NONE"]):

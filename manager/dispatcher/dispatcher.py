@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 LEADER_METADATA = "minisw-leader"
 GRACE_MULTIPLIER = 3  # heartbeats missed before a node is DOWN
 START_GRACE_MULTIPLIER = 6  # after a leader change, time for agents to come back
-STATUS_FLUSH = 0.05
+STATUS_FLUSH = 0.02  # how long task statuses gather before one store write (the last one is on the clock)
 MAX_STATUS_BATCH = 10_000
-ASSIGNMENT_DEBOUNCE = 0.02
+ASSIGNMENT_DEBOUNCE = 0.01
 SESSION_REFRESH = 1.0
 
 

@@ -27,7 +27,7 @@ __all__ = ["ClusterView", "Scheduler", "plan"]
 
 log = logging.getLogger(__name__)
 
-DEBOUNCE = 0.05
+DEBOUNCE = 0.02  # quiet time that ends a batch: the orchestrator writes a service's tasks in one commit
 MAX_LATENCY = 1.0
 FAILURE_WINDOW = 300.0
 RETRY_PENDING = 1.0

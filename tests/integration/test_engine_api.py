@@ -386,6 +386,16 @@ def test_docker_cli_networks_and_services_on_them(cluster_factory: type) -> None
     assert after["Spec"]["TaskTemplate"]["Networks"] == [{"Target": network_id}]
     assert after["Endpoint"]["VirtualIPs"] == vips
 
+    # --network-add/--network-rm change TaskTemplate.Networks, which the update must take.
+    second_id = docker_ok(c, "network", "create", "-d", "overlay", "n2").strip()
+    assert docker(c, "service", "update", "-d", "--network-add", "n2", "web").returncode == 0
+    both = json.loads(docker_ok(c, "service", "inspect", "web"))[0]
+    assert sorted(n["Target"] for n in both["Spec"]["TaskTemplate"]["Networks"]) == sorted([network_id, second_id])
+    assert sorted(v["NetworkID"] for v in both["Endpoint"]["VirtualIPs"]) == sorted([network_id, second_id])
+    assert docker(c, "service", "update", "-d", "--network-rm", "n2", "web").returncode == 0
+    assert json.loads(docker_ok(c, "service", "inspect", "web"))[0]["Endpoint"]["VirtualIPs"] == vips
+    assert docker_ok(c, "network", "rm", "n2").strip() == "n2"
+
     poll_until(lambda: c.tasks("web"), 30, what="a task of web")
     ps = docker(c, "service", "ps", "--no-trunc", "web")  # GET /tasks with the networks beside
     assert ps.returncode == 0 and "web.1" in ps.stdout, ps
