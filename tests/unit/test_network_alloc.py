@@ -81,7 +81,7 @@ def test_new_networks_get_subnets_and_bad_ones_are_refused() -> None:
     assert make(store, spec("d")).subnet == "10.5.0.0/16"  # 10.4/16 holds a node's address
     with pytest.raises(InvalidArgument, match="overlaps network a"):
         make(store, spec("e", "10.1.128.0/20"))
-    with pytest.raises(InvalidArgument, match="holds node address 10.4.0.7"):
+    with pytest.raises(InvalidArgument, match=r"holds node address 10\.4\.0\.7"):
         make(store, spec("e", "10.4.0.0/16"))
     with pytest.raises(NameConflict):
         make(store, spec("a"))
