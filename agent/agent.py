@@ -23,7 +23,7 @@ from minisw.agent.networking import KernelNetworking
 from minisw.agent.promotion import Promotion
 from minisw.agent.refusal import refusal_handler
 from minisw.agent.reporter import StatusReporter
-from minisw.agent.session import NotLeader, Refused, Registered, Session, Unresponsive
+from minisw.agent.session import NotLeader, Refused, Registered, Session, Unresponsive, not_leader
 from minisw.agent.worker import Worker
 from minisw.proto import dispatcher_pb2 as dpb
 from minisw.proto.certs import JoinRefused, obtain_certificate, renew_forever
@@ -223,13 +223,16 @@ class Agent:
                 await session.run()
             except Exception as raised:
                 err = _first(raised)
+                err = not_leader(err) or err
                 if isinstance(err, Refused):
                     raise err from None
                 if isinstance(err, NotLeader):
                     hint = err.leader
                     log.info("%s is not the leader; trying %s", addr, hint or "the next manager")
-                    if not hint or avoid.get(hint, 0.0) > time.monotonic():
-                        await asyncio.sleep(ELECTION_PAUSE)  # an election is under way
+                    # An election is under way, or the new leader's dispatcher is still starting
+                    # (Raft says it leads, its dispatcher does not serve yet): a short pause.
+                    if not hint or hint == addr or avoid.get(hint, 0.0) > time.monotonic():
+                        await asyncio.sleep(ELECTION_PAUSE)
                     continue
                 if _unresponsive(err):
                     avoid[addr] = time.monotonic() + AVOID_FOR

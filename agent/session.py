@@ -20,7 +20,17 @@ from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
 from minisw.proto.pki import TLSFiles, secure_channel
 from minisw.proto.timeutil import seconds
 
-__all__ = ["LEADER_METADATA", "Mesh", "NotLeader", "Refused", "Registered", "Session", "SessionEnded", "Unresponsive"]
+__all__ = [
+    "LEADER_METADATA",
+    "Mesh",
+    "NotLeader",
+    "Refused",
+    "Registered",
+    "Session",
+    "SessionEnded",
+    "Unresponsive",
+    "not_leader",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,31 @@ class NotLeader(Exception):
     def __init__(self, leader: str) -> None:
         super().__init__(f"not the leader; the leader is {leader or 'unknown'}")
         self.leader = leader
+
+
+# The dispatcher's refusal: "this manager is not the leader; the leader is <addr>" (or "unknown ...").
+_NOT_LEADER = "not the leader"
+_LEADER_IS = "the leader is "
+
+
+def not_leader(err: BaseException) -> NotLeader | None:
+    """``err`` as a NotLeader if it is a manager's "not the leader" refusal, on any call.
+
+    After a leader change every open session's heartbeat, assignment stream and status call gets
+    this refusal; treated as an unresponsive manager it kept agents away from the new leader for
+    seconds. The leader comes from the call's metadata, else from the message.
+    """
+    if not isinstance(err, grpc.aio.AioRpcError) or err.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    details = err.details() or ""
+    if _NOT_LEADER not in details:
+        return None
+    metadata = dict(err.initial_metadata() or ())
+    if LEADER_METADATA in metadata:
+        return NotLeader(str(metadata[LEADER_METADATA]))
+    _, found, rest = details.partition(_LEADER_IS)
+    leader = rest.split()[0].rstrip(";,.") if found and rest else ""
+    return NotLeader("" if leader == "unknown" else leader)
 
 
 class Unresponsive(Exception):

@@ -19,6 +19,14 @@ process does nothing else) for one kind of change or for a stretch of idle time:
 - ``updater_idle_cpu_percent``: an update of 1,000 slots at once whose new tasks are not placed
   yet; CPU over ``--idle`` seconds (it used to poll each new task every 100 ms, twice).
 - ``reaper_cpu_ms_per_change``: one task's status changes; CPU of the reaper's next look.
+  ``reaper_max_lock_ms``: the longest hold of the store's lock over those looks (Raft's thread
+  waits that long to apply an entry: held too long, the leader misses heartbeats and loses office).
+- ``update_start_cpu_ms_per_slot`` / ``update_start_max_lock_ms``: an update of 1,000 slots of
+  one service starts (each slot's first write reads its slot's tasks under the lock); CPU per slot
+  until every slot has its new task, and the longest hold of the store's lock meanwhile.
+- ``session_streams_idle_cpu_percent``: one agent session stream per node is open (the real
+  ``DispatcherServer.Session``, without the network); CPU over ``--idle`` seconds of nothing
+  happening (each stream used to rebuild its message every second from a copy of every node).
 
 Each figure is the median of ``--runs`` runs. ``--code DIR`` measures another checkout instead
 of the installed one (a tree with ``minisw/{proto,manager,...}``, e.g. ``git archive`` of the
@@ -31,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -113,6 +123,35 @@ async def _idle_percent(seconds: float) -> float:
     t0, w0 = time.process_time(), time.monotonic()
     await asyncio.sleep(seconds)
     return 100 * (time.process_time() - t0) / (time.monotonic() - w0)
+
+
+class _TimedLock:
+    """The store's RLock, recording how long each outermost hold lasted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._since = 0.0
+        self.longest = 0.0
+
+    def __enter__(self) -> bool:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1:
+            self._since = time.perf_counter()
+        return True
+
+    def __exit__(self, *_: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.longest = max(self.longest, time.perf_counter() - self._since)
+        self._lock.release()
+
+
+def _time_lock(store: Any) -> _TimedLock:
+    lock = _TimedLock()
+    store._lock = lock
+    return lock
 
 
 async def _stop(tasks: list[asyncio.Task[Any]]) -> None:
@@ -302,13 +341,15 @@ async def updater(fx: _Fixture, nodes: int, tasks: int, idle: float, slots: int)
     return percent
 
 
-async def reaper(fx: _Fixture, nodes: int, tasks: int) -> float:
+async def reaper(fx: _Fixture, nodes: int, tasks: int) -> tuple[float, float]:
     from minisw.manager.orchestrator.reaper import TICK, TaskReaper
 
     pb = fx.pb
     store = await fx.loaded(nodes, tasks)
     background = [asyncio.create_task(TaskReaper(store).run())]
     await asyncio.sleep(0.5)
+    gc.collect()  # the earlier scenarios' garbage is not this one's lock hold
+    lock = _time_lock(store)
     total = 0.0
     for i in range(CHANGES):
         task_id = f"task{i * 37 % tasks:05d}"
@@ -320,13 +361,117 @@ async def reaper(fx: _Fixture, nodes: int, tasks: int) -> float:
         total += await _cpu(change_and_look)
     await _stop(background)
     del pb
-    return 1000 * total / CHANGES
+    return 1000 * total / CHANGES, 1000 * lock.longest
+
+
+async def update_start(fx: _Fixture, nodes: int, tasks: int, slots: int) -> tuple[float, float]:
+    from minisw.manager.orchestrator.restart import RestartSupervisor
+    from minisw.manager.orchestrator.update import Updater
+
+    pb = fx.pb
+    store = await fx.loaded(nodes, tasks)
+    service = store.view(lambda tx: tx.get_service("svc0"))
+    service.spec.task.container.image = "minisw/web:2"
+    service.spec_version.index = 2
+    service.spec.update.parallelism = 0  # every slot at once
+    service.spec.update.monitor.seconds = 600
+    service.spec.update.order = pb.UpdateConfig.START_FIRST
+
+    def write(tx: Any) -> None:
+        tx.update(service)
+
+    await store.update(write)
+    service = store.view(lambda tx: tx.get_service("svc0"))
+    own = sorted(store.view(lambda tx: tx.tasks_by_service("svc0")), key=lambda t: t.slot)[:slots]
+    dirty = {t.slot: [t] for t in own}
+    restarts = RestartSupervisor(store)
+    gc.collect()  # the earlier scenarios' garbage is not this one's lock hold
+    lock = _time_lock(store)
+    background: list[asyncio.Task[Any]] = []
+    want = store.view(lambda tx: tx.count("task")) + len(dirty)
+
+    async def start() -> None:
+        background.append(asyncio.create_task(Updater(store, restarts, service, dirty).run()))
+        while store.view(lambda tx: tx.count("task")) < want:
+            await asyncio.sleep(0.005)
+
+    cpu = await _cpu(start)
+    await _stop(background)
+    restarts.close()
+    return 1000 * cpu / len(dirty), 1000 * lock.longest
+
+
+async def session_streams(fx: _Fixture, nodes: int, tasks: int, idle: float) -> float:
+    """Every node's session stream through ``DispatcherServer.Session``, with 3 managers."""
+    from types import SimpleNamespace
+
+    from minisw.manager.dispatcher import dispatcher as d
+    from minisw.proto import dispatcher_pb2 as dpb
+
+    pb = fx.pb
+    store = await fx.loaded(nodes, tasks)
+    indexed = hasattr(fx.store_module.ReadTx, "manager_addrs")
+
+    def setup(tx: Any) -> None:
+        cluster = pb.Cluster(id="cluster")
+        cluster.join_tokens.worker = "token"
+        tx.create(cluster)
+        for i in range(3):
+            node = tx.get_node(f"node{i:04d}")
+            node.role = pb.MANAGER
+            node.manager_status.addr = f"10.0.0.{i + 1}:4242"
+            tx.update(node)
+
+    await store.update(setup)
+
+    class Manager:
+        """ManagerNode's manager_addrs, as the measured tree has it."""
+
+        node_id = "manager"
+        authorizer = SimpleNamespace(require=lambda *_: SimpleNamespace(node_id="insecure"))
+
+        def leader_control_addr(self) -> str | None:
+            return None
+
+        def manager_addrs(self) -> list[tuple[str, str]]:
+            if indexed:
+                return store.view(lambda tx: tx.manager_addrs())  # type: ignore[no-any-return]
+            found = store.view(lambda tx: tx.nodes())
+            return [(n.id, n.manager_status.addr) for n in found if n.role == pb.MANAGER and n.manager_status.addr]
+
+    class Context:
+        def peer(self) -> str:
+            return ""
+
+        async def abort(self, code: Any, message: str) -> None:
+            raise RuntimeError(f"{code}: {message}")
+
+    dispatcher = d.Dispatcher(store, Manager(), 1000.0)  # type: ignore[arg-type]  # no heartbeats: nobody expires
+    server = d.DispatcherServer(Manager())  # type: ignore[arg-type]
+    server.current = dispatcher
+    background: list[asyncio.Task[Any]] = [asyncio.create_task(dispatcher.run())]
+    opened = asyncio.Semaphore(0)
+
+    async def stream(node_id: str) -> None:
+        request = dpb.SessionRequest(node_id=node_id, token="token")
+        async for _ in server.Session(request, Context()):
+            opened.release()
+
+    background += [asyncio.create_task(stream(f"node{i:04d}")) for i in range(nodes)]
+    for _ in range(nodes):
+        await opened.acquire()
+    await asyncio.sleep(1.5)  # past the registrations' writes
+    percent = await _idle_percent(idle)
+    await _stop(background)
+    return percent
 
 
 async def _run(args: Any) -> dict[str, Any]:
     fx = _Fixture()
     n, t = args.nodes, args.tasks
     sched_round, sched_idle = await scheduler(fx, n, t, args.idle)
+    reaper_cpu, reaper_lock = await reaper(fx, n, t)
+    update_cpu, update_lock = await update_start(fx, n, t, min(1000, t // SERVICES))
     return {
         "assignment_stream_cpu_ms_per_change": await assignment_streams(fx, n, t),
         "store_fanout_all_events_cpu_ms_per_change": await store_fanout(fx, n, t, keyed=False),
@@ -337,7 +482,11 @@ async def _run(args: Any) -> dict[str, Any]:
         "scheduler_idle_cpu_percent": sched_idle,
         "restart_timers_idle_cpu_percent": await restart_timers(fx, n, t, args.idle, min(1000, t)),
         "updater_idle_cpu_percent": await updater(fx, n, t, args.idle, min(1000, t // SERVICES)),
-        "reaper_cpu_ms_per_change": await reaper(fx, n, t),
+        "reaper_cpu_ms_per_change": reaper_cpu,
+        "reaper_max_lock_ms": reaper_lock,
+        "update_start_cpu_ms_per_slot": update_cpu,
+        "update_start_max_lock_ms": update_lock,
+        "session_streams_idle_cpu_percent": await session_streams(fx, n, t, args.idle),
     }
 
 

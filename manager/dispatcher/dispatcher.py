@@ -23,7 +23,7 @@ from minisw.manager import ids
 from minisw.manager.auth import Authorizer, Denied
 from minisw.manager.dispatcher.netview import NetworkViews
 from minisw.manager.logbroker import LogRefused, LogService
-from minisw.manager.state.store import Event, MemoryStore, ReadTx, WriteTx, iter_nowait
+from minisw.manager.state.store import ANY_NODE, Event, MemoryStore, ReadTx, WriteTx, iter_nowait
 from minisw.proto import dispatcher_pb2 as dpb
 from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
 from minisw.proto import objects_pb2 as pb
@@ -40,7 +40,6 @@ START_GRACE_MULTIPLIER = 6  # after a leader change, time for agents to come bac
 STATUS_FLUSH = 0.02  # how long task statuses gather before one store write (the last one is on the clock)
 MAX_STATUS_BATCH = 10_000
 ASSIGNMENT_DEBOUNCE = 0.01
-SESSION_REFRESH = 1.0
 
 
 class ManagerView(Protocol):
@@ -57,6 +56,9 @@ class _Session:
     session_id: str
     expires_at: float
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when this session's SessionMessage may have changed (its node's desired role or network
+    # slice, or the list of managers): the session stream then rebuilds it, and only then.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Dispatcher:
@@ -72,6 +74,7 @@ class Dispatcher:
         self._flush_now = asyncio.Event()
         self.views = NetworkViews(store)
         self._reserved_slices: set[int] = set()
+        self._managers: list[tuple[str, str]] | None = None  # cached; see _watch_nodes
 
     async def run(self) -> None:
         cluster = self._store.view(lambda tx: tx.get_cluster())
@@ -86,6 +89,7 @@ class Dispatcher:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._flush_loop())
                 group.create_task(self._expiry_loop())
+                group.create_task(self._watch_nodes())
                 group.create_task(self.views.run())
         finally:
             for session in self._sessions.values():
@@ -164,8 +168,48 @@ class Dispatcher:
         self._reserved_slices.add(candidate)
         return candidate
 
+    def managers(self) -> list[tuple[str, str]]:
+        """The managers agents fail over between: a cached value, kept by ``_watch_nodes``."""
+        if self._managers is None:
+            self._managers = self._manager.manager_addrs()
+        return self._managers
+
+    async def _watch_nodes(self) -> None:
+        """Wake the sessions whose message a node change can alter, and no other.
+
+        Sessions used to rebuild their message every second, each from a copy of every node:
+        O(nodes²) per second for a cluster where nothing happens.
+        """
+        async with self._store.watch([ANY_NODE]) as queue:
+            # Subscribed: recompute, so that no change before the subscription is missed.
+            self._refresh_managers()
+            while True:
+                items = [await queue.get(), *iter_nowait(queue)]
+                managers_may_differ = False
+                for item in items:
+                    if not isinstance(item, Event) or not isinstance(item.obj, pb.Node):
+                        continue
+                    node, old = item.obj, item.old
+                    gone = item.action == "delete"
+                    if gone or not isinstance(old, pb.Node) or _manager_entry(node) != _manager_entry(old):
+                        managers_may_differ = True
+                    session = self._sessions.get(node.id)
+                    if session is not None and (
+                        gone or not isinstance(old, pb.Node) or _message_part(node) != _message_part(old)
+                    ):
+                        session.changed.set()
+                if managers_may_differ:
+                    self._refresh_managers()
+
+    def _refresh_managers(self) -> None:
+        managers = self._manager.manager_addrs()
+        if managers != self._managers:
+            self._managers = managers
+            for session in self._sessions.values():
+                session.changed.set()
+
     def session_message(self, session: _Session) -> dpb.SessionMessage:
-        managers = [dpb.WeightedPeer(node_id=nid, addr=addr) for nid, addr in self._manager.manager_addrs()]
+        managers = [dpb.WeightedPeer(node_id=nid, addr=addr) for nid, addr in self.managers()]
         node = self._store.view(lambda tx: tx.get_node(session.node_id))
         return dpb.SessionMessage(
             session_id=session.session_id,
@@ -372,6 +416,16 @@ def _fingerprint(task: pb.Task) -> bytes:
     return copy.SerializeToString(deterministic=True)
 
 
+def _manager_entry(node: pb.Node) -> tuple[bool, str]:
+    """What of a node the list of managers depends on."""
+    return node.role == pb.MANAGER, node.manager_status.addr
+
+
+def _message_part(node: pb.Node) -> tuple[int, int]:
+    """What of its node a session's message depends on."""
+    return node.spec.desired_role, node.network_slice
+
+
 def _described(node: pb.Node, request: dpb.SessionRequest, addr: str) -> pb.Node:
     node.description.CopyFrom(request.description)
     node.status.state = pb.NodeStatus.READY
@@ -431,17 +485,25 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
             return
         last = dispatcher.session_message(session)
         yield last
+        closed = asyncio.ensure_future(session.closed.wait())
         try:
-            # The session stream tells the agent when what it must know changes (its role, the managers).
+            # The session stream tells the agent when what it must know changes (its role, the
+            # managers): woken by the dispatcher's node watch for those changes only, never by a timer.
             while not session.closed.is_set():
+                changed = asyncio.ensure_future(session.changed.wait())
                 try:
-                    await asyncio.wait_for(session.closed.wait(), SESSION_REFRESH)
-                except TimeoutError:
-                    current = dispatcher.session_message(session)
-                    if current != last:
-                        last = current
-                        yield current
+                    await asyncio.wait({closed, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                if session.closed.is_set():
+                    break
+                session.changed.clear()
+                current = dispatcher.session_message(session)
+                if current != last:
+                    last = current
+                    yield current
         finally:
+            closed.cancel()
             dispatcher.session_lost(session)
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest, context: Any) -> dpb.HeartbeatResponse:

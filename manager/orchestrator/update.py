@@ -20,7 +20,7 @@ from typing import Any
 
 from minisw.manager.orchestrator.common import new_task, next_change
 from minisw.manager.orchestrator.restart import RestartSupervisor
-from minisw.manager.state.store import Event, MemoryStore, ReadTx, WriteTx
+from minisw.manager.state.store import Event, MemoryStore, ReadTx, SlotKey, WriteTx
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.defaults import update_config
 from minisw.proto.model import is_task_dirty
@@ -31,13 +31,6 @@ __all__ = ["UpdateSupervisor", "Updater"]
 log = logging.getLogger(__name__)
 
 _US = pb.UpdateStatus
-
-# A slot: its number for replicated services, the node ID for global ones.
-SlotKey = int | str
-
-
-def _in_slot(task: pb.Task, key: SlotKey) -> bool:
-    return task.node_id == key if isinstance(key, str) else task.slot == key
 
 
 class UpdateSupervisor:
@@ -230,7 +223,9 @@ class Updater:
                 await asyncio.sleep(seconds(self._cfg.delay))
 
     def _slot_tasks(self, tx: WriteTx, slot: SlotKey) -> list[pb.Task]:
-        return [t for t in tx.tasks_by_service(self._service.id) if _in_slot(t, slot) and t.desired_state <= pb.RUNNING]
+        # From the store's slot index: this runs under the store's lock, once per slot; reading
+        # the whole service there made an update O(tasks²) and starved Raft's thread.
+        return [t for t in tx.tasks_in_slot(self._service.id, slot) if t.desired_state <= pb.RUNNING]
 
     async def _update_slot(self, slot: SlotKey) -> None:
         service = self._service

@@ -36,6 +36,7 @@ from minisw.manager.errors import (
 from minisw.proto import objects_pb2 as pb
 
 __all__ = [
+    "ANY_NODE",
     "MAX_CHANGES_PER_TRANSACTION",
     "Commit",
     "Event",
@@ -50,6 +51,7 @@ __all__ = [
 
 Object = pb.Service | pb.Task | pb.Node | pb.Cluster | pb.Network
 T = TypeVar("T")
+K = TypeVar("K")
 Effect = Callable[[], None]
 
 log = logging.getLogger(__name__)
@@ -98,8 +100,17 @@ class Commit:
 WatchItem = Event | Commit
 
 # What a keyed watcher subscribes to: ("task", id), ("task-node", node id), ("task-service",
-# service id), ("node", id), ("service", id). See ``watch_keys``.
+# service id), ("node", id), ("service", id), ANY_NODE (every node event). See ``watch_keys``.
 WatchKey = tuple[str, str]
+ANY_NODE: WatchKey = ("node-any", "")
+
+# A task's slot within its service: its number for replicated services, its node for global ones
+# (slot 0; "" while unassigned). The reaper's history and an update's unit of work.
+SlotKey = int | str
+
+
+def slot_key(task: pb.Task) -> SlotKey:
+    return task.slot or task.node_id
 
 
 def watch_keys(event: Event) -> set[WatchKey]:
@@ -112,6 +123,8 @@ def watch_keys(event: Event) -> set[WatchKey]:
         if isinstance(event.old, pb.Task) and event.old.node_id:
             keys.add(("task-node", event.old.node_id))
         return keys
+    if isinstance(obj, pb.Node):
+        return {("node", obj.id), ANY_NODE}
     return {(event.table, obj.id)}
 
 
@@ -135,6 +148,10 @@ class _Tables:
         self.network_by_name: dict[str, str] = {}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
+        # (service id, slot key) -> task ids: an update's slot or the reaper's history without
+        # a look at the service's other tasks (copying them all under the lock starves Raft).
+        self.tasks_by_slot: dict[tuple[str, SlotKey], set[str]] = defaultdict(set)
+        self.managers: set[str] = set()  # node ids whose role is MANAGER
 
     def put(self, table: str, obj: Object) -> None:
         self.drop(table, obj.id)
@@ -145,8 +162,11 @@ class _Tables:
             self.network_by_name[obj.spec.annotations.name] = obj.id
         elif isinstance(obj, pb.Task):
             self.tasks_by_service[obj.service_id].add(obj.id)
+            self.tasks_by_slot[(obj.service_id, slot_key(obj))].add(obj.id)
             if obj.node_id:
                 self.tasks_by_node[obj.node_id].add(obj.id)
+        elif isinstance(obj, pb.Node) and obj.role == pb.MANAGER:
+            self.managers.add(obj.id)
 
     def drop(self, table: str, obj_id: str) -> None:
         old = self.objects[table].pop(obj_id, None)
@@ -156,11 +176,14 @@ class _Tables:
             self.network_by_name.pop(old.spec.annotations.name, None)
         elif isinstance(old, pb.Task):
             _discard(self.tasks_by_service, old.service_id, old.id)
+            _discard(self.tasks_by_slot, (old.service_id, slot_key(old)), old.id)
             if old.node_id:
                 _discard(self.tasks_by_node, old.node_id, old.id)
+        elif isinstance(old, pb.Node):
+            self.managers.discard(old.id)
 
 
-def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
+def _discard(index: dict[K, set[str]], key: K, value: str) -> None:
     members = index.get(key)
     if members is not None:
         members.discard(value)
@@ -228,6 +251,27 @@ class ReadTx:
     def tasks_by_node(self, node_id: str) -> list[pb.Task]:
         ids = self._t.tasks_by_node.get(node_id, ())
         return [t for t in (self.get_task(i) for i in ids) if t is not None]
+
+    def tasks_in_slot(self, service_id: str, slot: SlotKey) -> list[pb.Task]:
+        """The tasks of one slot (see ``slot_key``): copies of those only, not of the service's."""
+        ids = self._t.tasks_by_slot.get((service_id, slot), ())
+        return [t for t in (self.get_task(i) for i in ids) if t is not None]
+
+    def slot_keys(self, service_ids: Iterable[str] | None = None) -> list[tuple[str, SlotKey]]:
+        """(service id, slot key) of every slot holding a task, or those of ``service_ids``: no copies."""
+        if service_ids is None:
+            return list(self._t.tasks_by_slot)
+        wanted = set(service_ids)
+        return [key for key in self._t.tasks_by_slot if key[0] in wanted]
+
+    def manager_addrs(self) -> list[tuple[str, str]]:
+        """(node id, control address) of every manager that has one, from an index: no node copies."""
+        out: list[tuple[str, str]] = []
+        for node_id in sorted(self._t.managers):
+            node = self._t.objects["node"].get(node_id)
+            if isinstance(node, pb.Node) and node.manager_status.addr:
+                out.append((node.id, node.manager_status.addr))
+        return out
 
     def count(self, table: str) -> int:
         return len(self._t.objects[table])
