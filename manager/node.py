@@ -447,10 +447,7 @@ class ManagerNode:
             return None
         if self._state is not None and leader == self._state.raft_addr:
             return self._state.listen
-        for node in self.store.view(lambda tx: tx.nodes()):
-            if node.manager_status.raft_addr == leader:
-                return node.manager_status.addr
-        return None
+        return self.store.view(lambda tx: tx.manager_by_raft_addr(leader))
 
     async def forward(
         self, method: str, request: Any, context: grpc.aio.ServicerContext, handed_over: bool = False

@@ -273,6 +273,14 @@ class ReadTx:
                 out.append((node.id, node.manager_status.addr))
         return out
 
+    def manager_by_raft_addr(self, raft_addr: str) -> str | None:
+        """The control address of the manager whose Raft address this is (from the index)."""
+        for node_id in self._t.managers:
+            node = self._t.objects["node"].get(node_id)
+            if isinstance(node, pb.Node) and node.manager_status.raft_addr == raft_addr:
+                return node.manager_status.addr or None
+        return None
+
     def count(self, table: str) -> int:
         return len(self._t.objects[table])
 
