@@ -9,6 +9,7 @@ import os
 import re
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -332,6 +333,18 @@ def _rows(table_text: str) -> dict[str, list[str]]:
     return {row[1]: row for row in rows}
 
 
+def _update_service(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """``docker service update -d``, again when the service moved on between the CLI's read and
+    its write: the rolling update writes its status into the service (as swarmkit's does), and
+    docker then says "update out of sequence", as it would against Swarm."""
+    for _ in range(20):
+        result = docker(c, "service", "update", "-d", *args)
+        if "update out of sequence" not in result.stderr:
+            return result
+        time.sleep(0.2)
+    return result
+
+
 def test_docker_cli_networks_and_services_on_them(cluster_factory: type) -> None:
     # One manager and one worker on the loopback cluster: tasks on an overlay network are
     # rejected there (kernel networking needs separate hosts), so this checks the control plane.
@@ -379,7 +392,7 @@ def test_docker_cli_networks_and_services_on_them(cluster_factory: type) -> None
     assert re.search(r"^Networks:\s+n1\s*$", pretty, re.M), pretty
 
     # docker sends the whole spec back: the network and its VIP must survive an image update.
-    updated = docker(c, "service", "update", "-d", "--no-resolve-image", "--image", "minisw/web:2", "web")
+    updated = _update_service(c, "--no-resolve-image", "--image", "minisw/web:2", "web")
     assert updated.returncode == 0, updated.stderr
     after = json.loads(docker_ok(c, "service", "inspect", "web"))[0]
     assert after["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == "minisw/web:2"
@@ -388,11 +401,11 @@ def test_docker_cli_networks_and_services_on_them(cluster_factory: type) -> None
 
     # --network-add/--network-rm change TaskTemplate.Networks, which the update must take.
     second_id = docker_ok(c, "network", "create", "-d", "overlay", "n2").strip()
-    assert docker(c, "service", "update", "-d", "--network-add", "n2", "web").returncode == 0
+    assert _update_service(c, "--network-add", "n2", "web").returncode == 0
     both = json.loads(docker_ok(c, "service", "inspect", "web"))[0]
     assert sorted(n["Target"] for n in both["Spec"]["TaskTemplate"]["Networks"]) == sorted([network_id, second_id])
     assert sorted(v["NetworkID"] for v in both["Endpoint"]["VirtualIPs"]) == sorted([network_id, second_id])
-    assert docker(c, "service", "update", "-d", "--network-rm", "n2", "web").returncode == 0
+    assert _update_service(c, "--network-rm", "n2", "web").returncode == 0
     assert json.loads(docker_ok(c, "service", "inspect", "web"))[0]["Endpoint"]["VirtualIPs"] == vips
     assert docker_ok(c, "network", "rm", "n2").strip() == "n2"
 
