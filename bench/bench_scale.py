@@ -60,6 +60,7 @@ from minisw.cli.devstate import load as load_cluster
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
 from minisw.proto import objects_pb2 as pb
+from tests.support.cluster import poll_until
 
 SERVICE = "scale"
 IMAGE, NEW_IMAGE = "minisw/web:1", "minisw/web:2"
@@ -89,17 +90,7 @@ def pin(pid: int, cpus: str) -> None:
 
 
 def poll(check: Callable[[], Any], timeout: float, interval: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except grpc.RpcError as err:
-            last = err
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what} (last error: {last!r})")
+    return poll_until(check, timeout, interval, what)
 
 
 class Sim:

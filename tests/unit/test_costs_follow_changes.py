@@ -21,6 +21,7 @@ from minisw.manager.scheduler.scheduler import ClusterView, Scheduler, plan
 from minisw.manager.state.store import Commit, Event, MemoryStore, ReadTx, WatchItem, WriteTx, iter_nowait
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.timeutil import now_ts
+from tests.support.store import upsert
 
 
 def _sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -55,19 +56,6 @@ def _service(sid: str, replicas: int = 1) -> pb.Service:
     s.spec.replicated.replicas = replicas
     s.spec.task.container.image = "minisw/web:1"
     return s
-
-
-async def _write(store: MemoryStore, *objects: pb.Node | pb.Task | pb.Service) -> None:
-    def fn(tx: WriteTx) -> None:
-        for obj in objects:
-            current = {pb.Node: tx.get_node, pb.Task: tx.get_task, pb.Service: tx.get_service}[type(obj)](obj.id)
-            if current is None:
-                tx.create(obj)
-            else:
-                obj.meta.version.index = current.meta.version.index
-                tx.update(obj)
-
-    await store.update(fn)
 
 
 async def _drain(queue: asyncio.Queue[WatchItem]) -> list[WatchItem]:
@@ -112,17 +100,17 @@ def _no_whole_table_reads() -> Iterator[None]:
 @_sync
 async def test_keyed_watch_gets_only_the_events_of_its_node() -> None:
     store = MemoryStore()
-    await _write(store, _node("n1"), _node("n2"), _task("a", node="n1"), _task("b", node="n2"))
+    await upsert(store, _node("n1"), _node("n2"), _task("a", node="n1"), _task("b", node="n2"))
     async with store.watch([("task-node", "n1")]) as mine, store.watch() as everything:
-        await _write(store, _task("b", node="n2", state=pb.FAILED))  # another node's task
+        await upsert(store, _task("b", node="n2", state=pb.FAILED))  # another node's task
         assert (await _drain(mine)) == []
         assert len(await _drain(everything)) == 2
-        await _write(store, _task("a", node="n1", state=pb.FAILED), _task("b", node="n2", state=pb.SHUTDOWN))
+        await upsert(store, _task("a", node="n1", state=pb.FAILED), _task("b", node="n2", state=pb.SHUTDOWN))
         items = await _drain(mine)
         assert [(i.obj.id, i.action) for i in items if isinstance(i, Event)] == [("a", "update")]
         assert isinstance(items[-1], Commit)
         moved = _task("c", node="n2")
-        await _write(store, moved)
+        await upsert(store, moved)
         (await _drain(mine))
 
         def move(tx: WriteTx) -> None:  # a task leaving n1 concerns n1 too
@@ -138,10 +126,10 @@ async def test_keyed_watch_gets_only_the_events_of_its_node() -> None:
 @_sync
 async def test_keyed_view_and_watch_is_atomic_and_unsubscribes() -> None:
     store = MemoryStore()
-    await _write(store, _task("a", node="n1"))
+    await upsert(store, _task("a", node="n1"))
     async with store.view_and_watch(lambda tx: tx.get_task("a"), [("task", "a")]) as (task, queue):
         assert task is not None and task.status.state == pb.RUNNING
-        await _write(store, _task("a", node="n1", state=pb.COMPLETE))
+        await upsert(store, _task("a", node="n1", state=pb.COMPLETE))
         assert [i.obj.status.state for i in (await _drain(queue)) if isinstance(i, Event)] == [pb.COMPLETE]
     assert not store._keyed  # nothing left behind
 
@@ -168,11 +156,11 @@ async def test_cluster_view_kept_by_events_decides_as_a_full_read(seed: int) -> 
     rng = random.Random(seed)
     store = MemoryStore()
     nodes, tasks = _random_cluster(rng)
-    await _write(store, *nodes[:6], *tasks[:40])
+    await upsert(store, *nodes[:6], *tasks[:40])
     view = ClusterView()
     async with store.view_and_watch(view.load) as (_, queue):
-        await _write(store, *nodes[6:])
-        await _write(store, *tasks[40:])
+        await upsert(store, *nodes[6:])
+        await upsert(store, *tasks[40:])
         for _ in range(30):  # tasks change state, move off failing nodes, go away
             t = rng.choice(tasks)
             if rng.random() < 0.1:
@@ -186,8 +174,8 @@ async def test_cluster_view_kept_by_events_decides_as_a_full_read(seed: int) -> 
                 continue
             t.status.state = rng.choice([pb.ASSIGNED, pb.RUNNING, pb.FAILED, pb.COMPLETE, pb.REJECTED])
             t.node_id = t.node_id or rng.choice(nodes).id
-            await _write(store, t)
-        await _write(store, _node("n3", cpus=8))  # a node's resources grew
+            await upsert(store, t)
+        await upsert(store, _node("n3", cpus=8))  # a node's resources grew
         for item in await _drain(queue):
             view.apply(item, store)
         assert store.view(view.plan) == store.view(plan)
@@ -197,8 +185,8 @@ async def test_cluster_view_kept_by_events_decides_as_a_full_read(seed: int) -> 
 @_sync
 async def test_scheduler_reads_only_the_tasks_waiting_for_it() -> None:
     store = MemoryStore()
-    await _write(store, *[_node(f"n{i}") for i in range(5)])
-    await _write(store, *[_task(f"r{i}", node=f"n{i % 5}") for i in range(50)])
+    await upsert(store, *[_node(f"n{i}") for i in range(5)])
+    await upsert(store, *[_task(f"r{i}", node=f"n{i % 5}") for i in range(50)])
     scheduler = asyncio.create_task(Scheduler(store).run())
     await asyncio.sleep(0.1)  # it has read the store once
     try:
@@ -206,7 +194,7 @@ async def test_scheduler_reads_only_the_tasks_waiting_for_it() -> None:
             new = _task("new", state=pb.NEW)
             nowhere = _task("nowhere", "other", state=pb.NEW)
             nowhere.spec.placement.constraints.append("node.labels.zone==none")
-            await _write(store, new, nowhere)
+            await upsert(store, new, nowhere)
             await asyncio.sleep(1.3)  # a tick, and a retry of the task that fits nowhere
             placed = store.view(lambda tx: tx.get_task("new"))
             pending = store.view(lambda tx: tx.get_task("nowhere"))
@@ -227,11 +215,11 @@ async def test_scheduler_reads_only_the_tasks_waiting_for_it() -> None:
 @_sync
 async def test_delayed_starts_wait_for_their_old_tasks_without_polling() -> None:
     store = MemoryStore()
-    await _write(store, _node("n1"), *[_task(f"old{i}", node="n1") for i in range(20)])
+    await upsert(store, _node("n1"), *[_task(f"old{i}", node="n1") for i in range(20)])
     replacements = [_task(f"new{i}", state=pb.NEW) for i in range(20)]
     for r in replacements:
         r.desired_state = pb.READY
-    await _write(store, *replacements)
+    await upsert(store, *replacements)
     restarts = RestartSupervisor(store)
     try:
         for i in range(20):
@@ -240,13 +228,13 @@ async def test_delayed_starts_wait_for_their_old_tasks_without_polling() -> None
         with _counting_views(store) as reads:
             await asyncio.sleep(0.5)
         assert reads[0] == 0, "the waiting starts read the store while nothing changed"
-        await _write(store, _task("old3", node="n1", state=pb.FAILED))
+        await upsert(store, _task("old3", node="n1", state=pb.FAILED))
         await asyncio.sleep(0.05)
         started = store.view(
             lambda tx: [t.id for t in tx.tasks() if t.desired_state == pb.RUNNING and t.id[:3] == "new"]
         )
         assert started == ["new3"]
-        await _write(store, _node("n1", ready=False))  # the node is down: the others start
+        await upsert(store, _node("n1", ready=False))  # the node is down: the others start
         await asyncio.sleep(0.1)
         waiting = store.view(lambda tx: [t.id for t in tx.tasks() if t.desired_state == pb.READY])
         assert waiting == []
@@ -274,7 +262,7 @@ async def _updating(store: MemoryStore, monitor: int, slots: int) -> tuple[pb.Se
     old = [_task(f"old{i}", "web", "n1", slot=i + 1) for i in range(slots)]
     for t in old:
         t.spec.container.image = "minisw/web:0"  # the spec before the update
-    await _write(store, _node("n1"), service, *old)
+    await upsert(store, _node("n1"), service, *old)
     current = store.view(lambda tx: tx.get_service("web"))
     assert current is not None
     return current, {t.slot: [t] for t in old}
@@ -294,7 +282,7 @@ async def test_updater_waits_on_its_tasks_events_and_counts_their_failures() -> 
         assert reads[0] == 0, "the updater read the store while nothing changed"
         failed = fresh[0]
         failed.status.state = pb.FAILED
-        await _write(store, failed)  # a failure beyond the ratio (0) pauses the update
+        await upsert(store, failed)  # a failure beyond the ratio (0) pauses the update
         await asyncio.sleep(0.05)
         status = store.view(lambda tx: tx.get_service("web"))
         assert status is not None and status.update_status.state == pb.UpdateStatus.PAUSED
@@ -324,15 +312,15 @@ async def test_updater_gives_up_on_a_task_never_placed_after_the_monitor() -> No
 @_sync
 async def test_reaper_looks_only_at_the_services_that_changed() -> None:
     store = MemoryStore()
-    await _write(store, _node("n1"), _service("a"), _service("b"))
-    await _write(store, *[_task(f"b{i}", "b", "n1", slot=i) for i in range(30)])
-    await _write(store, _task("a1", "a", "n1"))
+    await upsert(store, _node("n1"), _service("a"), _service("b"))
+    await upsert(store, *[_task(f"b{i}", "b", "n1", slot=i) for i in range(30)])
+    await upsert(store, _task("a1", "a", "n1"))
     async with _running(TaskReaper(store).run()):
         await asyncio.sleep(0.1)  # the first look, at everything
         with _no_whole_table_reads():
             removed = _task("a1", "a", "n1", state=pb.SHUTDOWN)
             removed.desired_state = pb.REMOVE
-            await _write(store, removed)
+            await upsert(store, removed)
             await asyncio.sleep(0.4)
         assert store.view(lambda tx: tx.get_task("a1")) is None
         assert store.view(lambda tx: len(tx.tasks_by_service("b"))) == 30
@@ -355,7 +343,7 @@ async def test_an_assignment_stream_sees_only_its_nodes_tasks() -> None:
     from minisw.manager.dispatcher import dispatcher as d
 
     store = MemoryStore()
-    await _write(store, _node("n1"), _node("n2"), _task("a", node="n1"), _task("b", node="n2"))
+    await upsert(store, _node("n1"), _node("n2"), _task("a", node="n1"), _task("b", node="n2"))
     dispatcher = d.Dispatcher(store, _Manager(), 1.0)
     views = asyncio.create_task(dispatcher.views.run()) if hasattr(dispatcher, "views") else None
     messages: dict[str, list[Any]] = {"n1": [], "n2": []}
@@ -375,7 +363,7 @@ async def test_an_assignment_stream_sees_only_its_nodes_tasks() -> None:
         assert len(store._watchers) <= 1  # the dispatcher's own watch (its network view), if any
         changed = _task("b", node="n2")
         changed.spec.container.env.append("X=1")
-        await _write(store, changed)
+        await upsert(store, changed)
         await asyncio.sleep(0.2)
         assert len(messages["n1"]) == 1
         assert [t.id for t in messages["n2"][-1].update_tasks] == ["b"]

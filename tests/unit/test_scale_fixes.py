@@ -17,9 +17,10 @@ import pytest
 from minisw.agent.session import LEADER_METADATA, NotLeader, not_leader
 from minisw.manager.dispatcher import dispatcher as d
 from minisw.manager.orchestrator.reaper import TaskReaper, reapable
-from minisw.manager.state.store import MemoryStore, ReadTx, WriteTx
+from minisw.manager.state.store import MemoryStore, ReadTx
 from minisw.proto import objects_pb2 as pb
 from minisw.proto.timeutil import now_ts
+from tests.support.store import upsert
 
 
 def _sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -45,19 +46,6 @@ def _task(tid: str, service: str = "s", slot: int = 1, node: str = "", state: in
     return t
 
 
-async def _write(store: MemoryStore, *objects: pb.Node | pb.Task | pb.Service) -> None:
-    def fn(tx: WriteTx) -> None:
-        for obj in objects:
-            current = {pb.Node: tx.get_node, pb.Task: tx.get_task, pb.Service: tx.get_service}[type(obj)](obj.id)
-            if current is None:
-                tx.create(obj)
-            else:
-                obj.meta.version.index = current.meta.version.index
-                tx.update(obj)
-
-    await store.update(fn)
-
-
 @contextlib.contextmanager
 def _no_whole_reads() -> Iterator[None]:
     """Copying every task, every task of a service, or every node is a failure from here on."""
@@ -77,10 +65,10 @@ def _no_whole_reads() -> Iterator[None]:
 @_sync
 async def test_slot_index_follows_writes_deletes_moves_and_restore() -> None:
     store = MemoryStore()
-    await _write(store, _task("a1", slot=1), _task("a2", slot=1), _task("b", slot=2), _task("g", "glob", slot=0))
+    await upsert(store, _task("a1", slot=1), _task("a2", slot=1), _task("b", slot=2), _task("g", "glob", slot=0))
     ids = lambda s, k: sorted(t.id for t in store.view(lambda tx: tx.tasks_in_slot(s, k)))  # noqa: E731
     assert ids("s", 1) == ["a1", "a2"] and ids("s", 2) == ["b"] and ids("glob", "") == ["g"]
-    await _write(store, _task("g", "glob", slot=0, node="n1"))  # a global task placed: its slot is its node
+    await upsert(store, _task("g", "glob", slot=0, node="n1"))  # a global task placed: its slot is its node
     assert ids("glob", "") == [] and ids("glob", "n1") == ["g"]
     await store.update(lambda tx: tx.delete(tx.get_task("a1")))  # type: ignore[arg-type]
     assert ids("s", 1) == ["a2"]
@@ -95,13 +83,13 @@ async def test_slot_index_follows_writes_deletes_moves_and_restore() -> None:
 @_sync
 async def test_manager_addrs_come_from_an_index_not_a_copy_of_every_node() -> None:
     store = MemoryStore()
-    await _write(
+    await upsert(
         store, *[_node(f"w{i}") for i in range(50)], _node("m1", "10.0.0.1:4242"), _node("m2", "10.0.0.2:4242")
     )
     with _no_whole_reads():
         assert store.view(lambda tx: tx.manager_addrs()) == [("m1", "10.0.0.1:4242"), ("m2", "10.0.0.2:4242")]
         demoted = _node("m2")
-        await _write(store, demoted)
+        await upsert(store, demoted)
         assert store.view(lambda tx: tx.manager_addrs()) == [("m1", "10.0.0.1:4242")]
 
 
@@ -126,7 +114,7 @@ class _Manager:
 async def test_sessions_wake_only_when_their_message_can_change() -> None:
     store = MemoryStore()
     await store.update(lambda tx: tx.create(pb.Cluster(id="c")))
-    await _write(store, _node("m1", "10.0.0.1:4242"), *[_node(f"w{i}") for i in range(3)])
+    await upsert(store, _node("m1", "10.0.0.1:4242"), *[_node(f"w{i}") for i in range(3)])
     manager = _Manager(store)
     dispatcher = d.Dispatcher(store, manager, 1.0)
     sessions = {f"w{i}": d._Session(f"w{i}", "s", time.monotonic() + 60) for i in range(3)}
@@ -145,20 +133,20 @@ async def test_sessions_wake_only_when_their_message_can_change() -> None:
             # A worker's status or labels change: nobody's message changes, nobody wakes.
             w1 = _node("w1")
             w1.spec.annotations.labels["zone"] = "a"
-            await _write(store, w1)
+            await upsert(store, w1)
             await asyncio.sleep(1.2)  # longer than the old once-a-second refresh
             assert not any(s.changed.is_set() for s in sessions.values())
             assert manager.calls == calls  # the manager list was neither recomputed nor copied
             # w2 is to be promoted: only w2's session wakes.
             w2 = _node("w2")
             w2.spec.desired_role = pb.MANAGER
-            await _write(store, w2)
+            await upsert(store, w2)
             await asyncio.sleep(0.05)
             assert [n for n, s in sessions.items() if s.changed.is_set()] == ["w2"]
             assert dispatcher.session_message(sessions["w2"]).desired_role == pb.MANAGER
             sessions["w2"].changed.clear()
             # A new manager address: every session wakes, with the new list.
-            await _write(store, _node("m2", "10.0.0.2:4242"))
+            await upsert(store, _node("m2", "10.0.0.2:4242"))
             await asyncio.sleep(0.05)
             assert all(s.changed.is_set() for s in sessions.values())
             managers = [m.addr for m in dispatcher.session_message(sessions["w0"]).managers]
@@ -175,10 +163,10 @@ async def test_reaper_reads_only_the_slot_that_changed() -> None:
     store = MemoryStore()
     service = pb.Service(id="s")
     service.spec.annotations.name = "s"
-    await _write(store, service)
+    await upsert(store, service)
     history = [_task(f"h{i}", slot=1, state=pb.SHUTDOWN) for i in range(8)]
     others = [_task(f"o{i}", slot=i + 2) for i in range(200)]
-    await _write(store, *history, *others)
+    await upsert(store, *history, *others)
     async with contextlib.AsyncExitStack() as stack:
         runner = asyncio.create_task(TaskReaper(store).run())
         stack.callback(runner.cancel)
@@ -194,7 +182,7 @@ async def test_reaper_reads_only_the_slot_that_changed() -> None:
         ReadTx.tasks_in_slot = counting  # type: ignore[method-assign]
         try:
             with _no_whole_reads():
-                await _write(store, *[_task(f"n{i}", slot=1, state=pb.SHUTDOWN) for i in range(3)])
+                await upsert(store, *[_task(f"n{i}", slot=1, state=pb.SHUTDOWN) for i in range(3)])
                 await asyncio.sleep(0.4)
         finally:
             ReadTx.tasks_in_slot = original  # type: ignore[method-assign]
@@ -208,11 +196,11 @@ def test_reapable_of_a_slot_matches_reapable_of_everything() -> None:
         store = MemoryStore()
         service = pb.Service(id="s")
         service.spec.annotations.name = "s"
-        await _write(store, service)
+        await upsert(store, service)
         removed = _task("r", slot=3, state=pb.SHUTDOWN)
         removed.desired_state = pb.REMOVE
         orphan = _task("x", "gone", slot=1, state=pb.FAILED)
-        await _write(store, *[_task(f"h{i}", slot=1, state=pb.SHUTDOWN) for i in range(7)], removed, orphan)
+        await upsert(store, *[_task(f"h{i}", slot=1, state=pb.SHUTDOWN) for i in range(7)], removed, orphan)
         return store
 
     store = asyncio.run(load())
