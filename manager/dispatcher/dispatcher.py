@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 LEADER_METADATA = "minisw-leader"
 GRACE_MULTIPLIER = 3  # heartbeats missed before a node is DOWN
+MAX_HEARTBEATS_PER_SECOND = 200  # beyond this many nodes the period grows (node_period)
 START_GRACE_MULTIPLIER = 6  # after a leader change, time for agents to come back
 STATUS_FLUSH = 0.02  # how long task statuses gather before one store write (the last one is on the clock)
 MAX_STATUS_BATCH = 10_000
@@ -144,7 +145,7 @@ class Dispatcher:
         old = self._sessions.get(node_id)
         if old is not None:
             old.closed.set()
-        session = _Session(node_id, ids.new_id(), time.monotonic() + self.period * GRACE_MULTIPLIER)
+        session = _Session(node_id, ids.new_id(), time.monotonic() + self.node_period() * GRACE_MULTIPLIER)
         self._sessions[node_id] = session
         self._expiry[node_id] = session.expires_at
         log.info("node %s (%s) registered from %s", node_id, request.description.hostname, addr)
@@ -215,7 +216,7 @@ class Dispatcher:
             session_id=session.session_id,
             node_id=session.node_id,
             managers=managers,
-            heartbeat_period=duration(self.period),
+            heartbeat_period=duration(self.node_period()),
             desired_role=node.spec.desired_role if node is not None else pb.WORKER,
             network_slice=node.network_slice if node is not None else 0,
         )
@@ -235,14 +236,21 @@ class Dispatcher:
         notices a killed agent in one period instead of the full heartbeat grace.
         """
         if self._sessions.get(session.node_id) is session and not session.closed.is_set():
-            deadline = time.monotonic() + self.period
+            deadline = time.monotonic() + self.node_period()
             self._expiry[session.node_id] = min(self._expiry.get(session.node_id, deadline), deadline)
 
     def heartbeat(self, node_id: str, session_id: str) -> float:
         session = self.check(node_id, session_id)
-        session.expires_at = time.monotonic() + self.period * GRACE_MULTIPLIER
+        period = self.node_period()
+        session.expires_at = time.monotonic() + period * GRACE_MULTIPLIER
         self._expiry[node_id] = session.expires_at
-        return self.period
+        return period
+
+    def node_period(self) -> float:
+        """The heartbeat period agents are told: the configured one (1 s) until the leader would
+        take more than MAX_HEARTBEATS_PER_SECOND, then longer with the number of nodes (5 s, Swarm's
+        period, at 1,000 nodes), so that a large cluster's heartbeats cannot starve the leader."""
+        return max(self.period, len(self._sessions) / MAX_HEARTBEATS_PER_SECOND)
 
     async def _expiry_loop(self) -> None:
         while True:

@@ -238,3 +238,14 @@ def test_not_the_leader_on_any_call_is_not_leader(
 def test_other_unavailable_errors_stay_what_they_are() -> None:
     assert not_leader(_unavailable("failed to connect to all addresses")) is None
     assert not_leader(RuntimeError("not the leader")) is None
+
+
+def test_heartbeat_period_grows_only_past_the_leaders_budget() -> None:
+    dispatcher = d.Dispatcher(MemoryStore(), None, 1.0)  # type: ignore[arg-type]
+    assert dispatcher.node_period() == 1.0
+    for i in range(200):
+        dispatcher._sessions[f"n{i}"] = d._Session(f"n{i}", "s", 0.0)
+    assert dispatcher.node_period() == 1.0  # 200 nodes: still 1 s
+    for i in range(200, 1000):
+        dispatcher._sessions[f"n{i}"] = d._Session(f"n{i}", "s", 0.0)
+    assert dispatcher.node_period() == 5.0  # 1,000 nodes: Swarm's 5 s
