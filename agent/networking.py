@@ -19,8 +19,9 @@ where every "node" shares one Docker daemon and one network namespace) uses inst
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from minisw.agent.dns import Directory, DnsServer
 from minisw.agent.exec.controller import Attachment
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 VIEW_WAIT = 10.0  # how long a task waits for the view that names its network
 RETRY = 1.0
+
+
+def _known(network_id: str, view: dpb.NetworkView) -> str | None:
+    return network_id if any(n.id == network_id for n in view.networks) else None
 
 
 def docker_network_name(network: pb.Network) -> str:
@@ -92,7 +97,7 @@ class KernelNetworking:
             wanted.insert(0, ingress)
         out = []
         for network_id in wanted:
-            await self._wait_for(lambda v, nid=network_id: nid if any(n.id == nid for n in v.networks) else None)
+            await self._wait_for(functools.partial(_known, network_id))
             async with self._lock:
                 attachment = self._local.get(network_id) or await self._make_local(network_id)
             out.append(attachment)
@@ -109,8 +114,7 @@ class KernelNetworking:
             self._kick()
 
     # ---- doing it ----------------------------------------------------------------------------
-    async def _wait_for(self, find: object) -> str:
-        assert callable(find)
+    async def _wait_for(self, find: Callable[[dpb.NetworkView], str | None]) -> str:
         try:
             async with asyncio.timeout(VIEW_WAIT):
                 while True:
@@ -125,8 +129,8 @@ class KernelNetworking:
     async def _make_local(self, network_id: str) -> Attachment:
         network = next(n for n in self._view.networks if n.id == network_id)
         try:
-            part = NetworkPlan(network.subnet).node_part(self.network_slice)
-            gateway = NetworkPlan(network.subnet).gateway(self.network_slice)
+            plan = NetworkPlan(network.subnet)
+            part, gateway = plan.node_part(self.network_slice), plan.gateway(self.network_slice)
         except SubnetError as err:
             raise ExecError(f"network {network.spec.annotations.name}: {err}") from None
         name = docker_network_name(network)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -175,11 +174,6 @@ def test_postrouting_masquerades_ingress_and_each_bridge() -> None:
 
 # --- the real kernel ------------------------------------------------------------------------------
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("ip") is None,
-    reason="needs root, nft and ip (this machine and CI have them)",
-)
-
 
 def sh(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
@@ -208,7 +202,6 @@ def has_table(ns: str) -> bool:
     return subprocess.run([*nft_in(ns), "list", "table", "ip", "minisw"], capture_output=True).returncode == 0
 
 
-@needs_root
 def test_kernel_table_loads_swaps_and_survives_a_bad_script(netns: str) -> None:
     sh("ip", "-n", netns, "link", "add", "mswbr", "type", "bridge")
     lb = LoadBalancer(nft=nft_in(netns))
@@ -247,7 +240,6 @@ def test_kernel_table_loads_swaps_and_survives_a_bad_script(netns: str) -> None:
     asyncio.run(scenario())
 
 
-@needs_root
 def test_kernel_skips_unchanged_text(netns: str) -> None:
     lb = LoadBalancer(nft=nft_in(netns))
     v = view(endpoint([backend("t1", appnetid="10.1.1.5")], vips={APP: "10.1.0.2/16"}))
@@ -304,7 +296,6 @@ def connect_from(ns: str, host: str, port: int, count: int, source: str = "") ->
 REFUSED = "ConnectionRefusedError"
 
 
-@needs_root
 def test_kernel_vip_lets_in_its_network_only_and_ingress_reaches_every_backend(netns: str) -> None:
     """A node namespace with a link to each of two backend namespaces (each answering its name) and
     to an outsider namespace on another subnet, standing for a container of another network.
