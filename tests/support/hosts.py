@@ -108,6 +108,13 @@ class HostsCluster:
         finally:
             client.close()
 
+    def nft_table(self, node: str) -> str:
+        """The node's own nftables table of minisw (its VIPs and ingress ports), as text."""
+        netns = next(r["netns"] for r in self.status() if r["name"] == node)
+        out = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "ip", "minisw"],
+                             capture_output=True, text=True, timeout=10)  # fmt: skip
+        return out.stdout
+
     def stub_call(self, method: str, request: Any, timeout: float = 5) -> Any:
         last: Exception | None = None
         for addr in self.manager_addrs():
