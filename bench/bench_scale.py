@@ -41,6 +41,7 @@ import os
 import queue
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -251,6 +252,41 @@ class DevCluster:
 
     def tasks(self, addr: str, **filters: Any) -> list[pb.Task]:
         return list(self.stub(addr).ListTasks(api.ListTasksRequest(**filters), timeout=60).tasks)
+
+
+def _ts(stamp: Any) -> float:
+    return float(stamp.seconds + stamp.nanos / 1e9)
+
+
+def _slot_breakdown(tasks: list[pb.Task], started_wall: float) -> dict[str, float]:
+    """Where a rolling update's time goes, per slot (medians, managers' clock): from the update's
+    start to the new task's creation (``wait``), from there to the old task reported stopped
+    (``stop``), and from there to the new task reported running (``start``)."""
+    by_slot: dict[int, list[pb.Task]] = {}
+    for t in tasks:
+        by_slot.setdefault(t.slot, []).append(t)
+    waits, stops, starts = [], [], []
+    agent_stops, agent_starts = [], []
+    for slot_tasks in by_slot.values():
+        slot_tasks.sort(key=lambda t: _ts(t.meta.created_at))
+        if len(slot_tasks) < 2 or slot_tasks[-1].status.state != pb.RUNNING:
+            continue
+        old, new = slot_tasks[-2], slot_tasks[-1]
+        created = _ts(new.meta.created_at)
+        waits.append(created - started_wall)
+        stops.append(_ts(old.status.applied_at) - created)
+        starts.append(_ts(new.status.applied_at) - _ts(old.status.applied_at))
+        agent_stops.append(_ts(old.status.timestamp) - created)
+        agent_starts.append(_ts(new.status.timestamp) - _ts(old.status.applied_at))
+    if not waits:
+        return {}
+    return {
+        "update_slot_wait_s_median": round(statistics.median(waits), 3),
+        "update_slot_stop_s_median": round(statistics.median(stops), 3),
+        "update_slot_start_s_median": round(statistics.median(starts), 3),
+        "update_slot_stop_at_agent_s_median": round(statistics.median(agent_stops), 3),
+        "update_slot_start_at_agent_s_median": round(statistics.median(agent_starts), 3),
+    }
 
 
 def _sim_nodes(nodes: list[pb.Node], prefix: str) -> list[pb.Node]:
@@ -466,6 +502,7 @@ class Run:
             raise RuntimeError(f"after the update only {len(fresh)} of {args.tasks} tasks run the new spec")
         self.out["update_s"] = round(seconds, 2)
         self.out["update_tasks_per_s"] = round(args.tasks / seconds, 1)
+        self.out.update(_slot_breakdown(c.tasks(self.leader, service_ids=[SERVICE]), started_wall))
 
     def _failover(self) -> None:
         c, args = self.c, self.args

@@ -28,11 +28,17 @@ def _is_backend(task: pb.Task | None) -> bool:
     return task is not None and task.status.state == pb.RUNNING and task.desired_state == pb.RUNNING
 
 
+def _reachable(task: pb.Task) -> bool:
+    return bool(task.status.networks or task.status.port_status.ports)
+
+
 def _relevant(event: Event) -> bool:
     """Can this change alter the view or the relay's routes?"""
     obj = event.obj
     if isinstance(obj, pb.Task):
         old = event.old if isinstance(event.old, pb.Task) else None
+        if not _reachable(obj) and (old is None or not _reachable(old)):
+            return False  # a task with no address and no published port is in neither table
         if event.action == "delete":
             return _is_backend(obj)
         was, now = _is_backend(old), _is_backend(obj)

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 # swarmkit caps a batch's transactions at 200 changes; a Raft entry stays small that way.
 MAX_CHANGES_PER_TRANSACTION = 200
 CONFLICT_RETRIES = 5
+MAX_CALLERS_PER_ENTRY = MAX_CHANGES_PER_TRANSACTION  # callers whose writes share one entry, at most
 
 _TABLE_OF = {pb.Service: "service", pb.Task: "task", pb.Node: "node", pb.Cluster: "cluster", pb.Network: "network"}
 _FIELD_OF_TABLE = {"service": "service", "task": "task", "node": "node", "cluster": "cluster", "network": "network"}
@@ -293,6 +294,22 @@ class WriteTx(ReadTx):
         self.actions: list[pb.StoreAction] = []
         self.effects: list[Effect] = []
         self._pending: dict[tuple[str, str], Object | None] = {}
+        self._undo: list[tuple[tuple[str, str], bool, Object | None]] = []
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Mark where the next callback starts; ``rollback`` returns here if it raises."""
+        self._undo = []
+        return len(self.actions), len(self.effects)
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        for key, had, previous in reversed(self._undo):
+            if had:
+                self._pending[key] = previous
+            else:
+                del self._pending[key]
+        self._undo = []
+        del self.actions[mark[0] :]
+        del self.effects[mark[1] :]
 
     def after_commit(self, effect: Effect) -> None:
         """Run ``effect`` once this transaction has committed (at once if it wrote nothing).
@@ -313,7 +330,9 @@ class WriteTx(ReadTx):
         action = pb.StoreAction(kind=kind)
         getattr(action, _FIELD_OF_TABLE[table]).CopyFrom(obj)
         self.actions.append(action)
-        self._pending[(table, obj.id)] = None if gone else _copy(obj)
+        key = (table, obj.id)
+        self._undo.append((key, key in self._pending, self._pending.get(key)))
+        self._pending[key] = None if gone else _copy(obj)
 
     def create(self, obj: Object) -> None:
         self._record(pb.StoreAction.CREATE, obj)
@@ -324,6 +343,26 @@ class WriteTx(ReadTx):
 
     def delete(self, obj: Object) -> None:
         self._record(pb.StoreAction.DELETE, obj, gone=True)
+
+
+_Write = tuple[Callable[["WriteTx"], object], asyncio.Future[object]]
+
+
+class _Refused(Exception):
+    """The entry was committed but refused where it applied (same verdict on every replica)."""
+
+    def __init__(self, error: ManagerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _settle(done: asyncio.Future[object], result: object = None, error: BaseException | None = None) -> None:
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
 
 
 def _run_effects(effects: list[Effect]) -> None:
@@ -360,6 +399,8 @@ class MemoryStore:
         self._watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[WatchItem]]] = []
         self._keyed: defaultdict[WatchKey, list[_KeyedWatcher]] = defaultdict(list)
         self.last_index = 0
+        self._queue: list[_Write] = []  # writes waiting for the next entry
+        self._writer: asyncio.Task[None] | None = None
 
     def set_proposer(self, proposer: Proposer) -> None:
         self._proposer = proposer
@@ -371,59 +412,100 @@ class MemoryStore:
 
     # ---- writes --------------------------------------------------------------------------
     async def update(self, fn: Callable[[WriteTx], T]) -> T:
-        """Run ``fn`` in a write transaction and commit its changes as one Raft entry.
+        """Run ``fn`` in a write transaction and commit its changes through Raft.
 
-        Another entry may commit between our reads and ours; if that makes our versions stale,
-        ``fn`` runs again on the new state (a few times). An error ``fn`` raises itself, such as a
-        caller's stale version, is never retried. Only the effects ``fn`` registered on the attempt
+        Writes go through one queue with one Raft entry in flight: the callbacks of every caller
+        that arrived meanwhile run one after the other on the state the last entry left (each
+        sees the writes of those before it), and their changes commit together as the next entry.
+        Built on the latest state by the only writer, an entry's versions are never stale, so
+        callbacks do not race each other into conflicts and retries (a rolling update's status
+        writes used to lose to its desired-state writes and fall back to one entry per task).
+        An error ``fn`` raises itself is that caller's alone and drops only its changes. If the
+        entry as a whole is refused where it applies, each callback runs again in an entry of its
+        own (a stale version there: a few times). Only the effects ``fn`` registered on the attempt
         that committed run (``WriteTx.after_commit``), once, before this returns.
         """
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        return await done  # type: ignore[return-value]
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            group, self._queue = self._queue[:MAX_CALLERS_PER_ENTRY], self._queue[MAX_CALLERS_PER_ENTRY:]
+            group = [(fn, done) for fn, done in group if not done.done()]  # a cancelled caller
+            if len(group) == 1 or not await self._commit_group(group):
+                for fn, done in group:
+                    await self._commit_alone(fn, done)
+
+    async def _commit_group(self, group: list[_Write]) -> bool:
+        """Commit ``group`` as one entry; False if the entry was refused where it applied."""
+        with self._lock:
+            tx = WriteTx(self._tables)
+            landed: list[tuple[asyncio.Future[object], object, list[Effect]]] = []
+            for fn, done in group:
+                mark = tx.checkpoint()
+                try:
+                    result = fn(tx)
+                except Exception as err:  # that caller's own error: its changes go, the rest stay
+                    tx.rollback(mark)
+                    _settle(done, error=err)
+                    continue
+                landed.append((done, result, tx.effects[mark[1] :]))
+        if tx.actions:
+            try:
+                await self._commit(tx.actions)
+            except _Refused:
+                return False
+            except BaseException as err:  # no quorum, leadership lost: nobody's write was made
+                for done, _, _ in landed:
+                    _settle(done, error=err if isinstance(err, Exception) else asyncio.CancelledError())
+                if not isinstance(err, Exception):
+                    raise
+                return True
+        for done, result, effects in landed:
+            _run_effects(effects)
+            _settle(done, result=result)
+        return True
+
+    async def _commit_alone(self, fn: Callable[[WriteTx], object], done: asyncio.Future[object]) -> None:
         for attempt in range(CONFLICT_RETRIES + 1):
             with self._lock:
                 tx = WriteTx(self._tables)
-                result = fn(tx)
+                try:
+                    result = fn(tx)
+                except Exception as err:
+                    _settle(done, error=err)
+                    return
             if tx.actions:
                 try:
                     await self._commit(tx.actions)
-                except SequenceConflict:
-                    if attempt == CONFLICT_RETRIES:
-                        raise
-                    continue
+                except _Refused as refused:
+                    if isinstance(refused.error, SequenceConflict) and attempt < CONFLICT_RETRIES:
+                        continue
+                    _settle(done, error=refused.error)
+                    return
+                except Exception as err:
+                    _settle(done, error=err)
+                    return
             _run_effects(tx.effects)
-            return result
-        raise AssertionError("unreachable")
+            _settle(done, result=result)
+            return
 
     async def batch(self, fns: Iterable[Callable[[WriteTx], object]]) -> list[ManagerError]:
-        """Apply many small independent updates, grouped into capped transactions.
+        """Apply many small independent updates; they share entries (see ``update``).
 
-        A group that fails (say one stale version) is retried one update at a time so that the
-        others still land; the errors of the ones that failed are returned. Each update's
-        after-commit effects run once, with the transaction that landed it.
+        One that fails (say a stale version) does not keep the others from landing; the errors
+        of the ones that failed are returned. Each update's after-commit effects run once.
         """
+        results = await asyncio.gather(*(self.update(fn) for fn in fns), return_exceptions=True)
         errors: list[ManagerError] = []
-        group: list[Callable[[WriteTx], object]] = []
-
-        async def flush() -> None:
-            if not group:
-                return
-            try:
-                await self.update(lambda tx: [fn(tx) for fn in group])
-            except (SequenceConflict, AlreadyExists, NameConflict, NotFound):
-                for fn in group:
-                    try:
-                        await self.update(fn)
-                    except (SequenceConflict, AlreadyExists, NameConflict, NotFound) as err:
-                        errors.append(err)
-            group.clear()
-
-        pending = 0
-        for fn in fns:
-            group.append(fn)
-            pending += 1
-            if pending >= MAX_CHANGES_PER_TRANSACTION:
-                await flush()
-                pending = 0
-        await flush()
+        for result in results:
+            if isinstance(result, SequenceConflict | AlreadyExists | NameConflict | NotFound):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
         return errors
 
     async def _commit(self, actions: list[pb.StoreAction]) -> None:
@@ -438,7 +520,7 @@ class MemoryStore:
             result = await self._proposer.propose(data)
         if result:
             kind, _, message = result.partition(":")
-            raise _ERRORS.get(kind, ManagerError)(message)
+            raise _Refused(_ERRORS.get(kind, ManagerError)(message))
 
     # ---- replication ---------------------------------------------------------------------
     def apply_entry(self, data: bytes, index: int) -> str:
@@ -465,6 +547,7 @@ class MemoryStore:
     def _check(self, entry: pb.Transaction, index: int) -> list[tuple[str, str, Object, Object | None]]:
         staged: dict[tuple[str, str], Object | None] = {}
         names: dict[str, str | None] = {}  # lower-cased service name -> id, as staged
+        read_version: dict[tuple[str, str], int] = {}  # the version writers saw, for objects changed here
         out: list[tuple[str, str, Object, Object | None]] = []
 
         def current(table: str, obj_id: str) -> Object | None:
@@ -487,7 +570,9 @@ class MemoryStore:
             elif old is None:
                 raise NotFound(f"{table} {obj.id} not found")
             elif action.kind == pb.StoreAction.UPDATE:
-                if obj.meta.version.index != old.meta.version.index:
+                # Against the version the entry's writers read: an object's second change within
+                # one entry carries the version it had before the first (see ``update``).
+                if obj.meta.version.index != read_version.get((table, obj.id), old.meta.version.index):
                     raise SequenceConflict()
                 obj.meta.created_at.CopyFrom(old.meta.created_at)
             if isinstance(obj, pb.Service) and action.kind != pb.StoreAction.DELETE:
@@ -506,6 +591,7 @@ class MemoryStore:
                 staged[(table, obj.id)] = None
                 out.append(("delete", table, _copy(old), old))  # type: ignore[arg-type]
                 continue
+            read_version.setdefault((table, obj.id), target.meta.version.index if old is None else old.meta.version.index)
             obj.meta.version.index = index
             obj.meta.updated_at.CopyFrom(entry.now)
             staged[(table, obj.id)] = obj

@@ -1,8 +1,8 @@
 """A write callback's effects happen once, after its transaction commits, and never when it fails.
 
-The store here commits through a log that takes a moment per entry, as Raft does: two writers
-that read the same object both run their callbacks before either entry commits, so the second
-one meets "update out of sequence" and its callback runs again on the new state.
+The store here commits through a log that takes a moment per entry, as Raft does. Writers that
+arrive while an entry is in flight share the next one, each callback seeing the writes of those
+before it; an entry refused where it applies runs each callback again on its own.
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ def relabel(sid: str, value: str, runs: list[str], effects: list[str]) -> object
     return fn
 
 
-def test_effect_runs_once_after_the_commit_even_when_the_callback_is_retried() -> None:
-    async def scenario() -> tuple[list[str], list[str], str]:
+def test_writers_in_flight_together_share_an_entry_and_see_each_others_writes() -> None:
+    async def scenario() -> tuple[list[str], list[str], str, int]:
         store = slow_store()
         await store.update(lambda tx: tx.create(service("s1", "web")))
+        before = store.last_index
         runs: list[str] = []
         effects: list[str] = []
         await asyncio.gather(
@@ -68,12 +69,38 @@ def test_effect_runs_once_after_the_commit_even_when_the_callback_is_retried() -
         )
         final = store.view(lambda tx: tx.get_service("s1"))
         assert final is not None
-        return runs, effects, final.spec.annotations.labels["by"]
+        return runs, effects, final.spec.annotations.labels["by"], store.last_index - before
 
-    runs, effects, final = asyncio.run(scenario())
-    assert sorted(runs) == ["a", "b", "b"]  # "b" read the old version and was re-run
-    assert sorted(effects) == ["a", "b"]  # but its effect happened once
+    runs, effects, final, entries = asyncio.run(scenario())
+    assert runs == ["a", "b"]  # no conflict, no re-run: "b" read what "a" wrote
+    assert effects == ["a", "b"]
     assert final == "b"
+    assert entries == 1
+
+
+def test_effect_runs_once_after_the_commit_even_when_the_callback_is_retried() -> None:
+    async def scenario() -> tuple[list[str], list[str], str, BaseException | None]:
+        store = slow_store()
+        await store.update(lambda tx: tx.create(service("s1", "web")))
+        runs: list[str] = []
+        effects: list[str] = []
+        # The second writer's entry is refused where it applies (a name taken): the shared entry
+        # fails as a whole, and each writer runs again alone.
+        outcome = await asyncio.gather(
+            store.update(relabel("s1", "a", runs, effects)),  # type: ignore[arg-type]
+            store.update(lambda tx: tx.create(service("s2", "WEB"))),
+            return_exceptions=True,
+        )
+        final = store.view(lambda tx: tx.get_service("s1"))
+        assert final is not None
+        error = outcome[1] if isinstance(outcome[1], BaseException) else None
+        return runs, effects, final.spec.annotations.labels["by"], error
+
+    runs, effects, final, error = asyncio.run(scenario())
+    assert runs == ["a", "a"]  # run in the shared entry, then again alone
+    assert effects == ["a"]  # but its effect happened once
+    assert final == "a"
+    assert isinstance(error, NameConflict)
 
 
 def test_effect_waits_for_the_commit() -> None:
@@ -159,9 +186,9 @@ def test_batch_runs_each_effect_once_with_the_transaction_that_landed_it() -> No
 
 
 def test_a_retried_restart_counts_once_and_its_zero_delay_start_finds_the_replacement() -> None:
-    """`--restart-delay 0s --restart-max-attempts 2`: the restart transaction loses a race with a
-    status write on the same task and runs twice. One restart is recorded, and the replacement,
-    created READY, is raised to RUNNING once it exists."""
+    """`--restart-delay 0s --restart-max-attempts 2`: the restart transaction shares an entry that
+    is refused (another writer's name is taken) and runs twice. One restart is recorded, and the
+    replacement, created READY, is raised to RUNNING once it exists."""
 
     async def scenario() -> tuple[pb.Task, bool]:
         store = slow_store()
@@ -188,7 +215,13 @@ def test_a_retried_restart_counts_once_and_its_zero_delay_start_finds_the_replac
                 task.status.err = "task: non-zero exit (1)"
                 tx.update(task)
 
-            _, replacement = await asyncio.gather(store.update(report_status), store.update(restart))
+            _, replacement, taken = await asyncio.gather(
+                store.update(report_status),
+                store.update(restart),
+                store.update(lambda tx: tx.create(service("s2", "WEB"))),
+                return_exceptions=True,
+            )
+            assert isinstance(taken, NameConflict) and isinstance(replacement, pb.Task)
             assert replacement is not None and len(runs) == 2
             for _ in range(100):
                 started = store.view(lambda tx: tx.get_task(replacement.id))

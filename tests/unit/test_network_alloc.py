@@ -189,3 +189,29 @@ def test_the_view_holds_running_tasks_on_ready_nodes_and_their_nodes_as_peers() 
     assert [s.name for s in view.services] == ["web"]  # a service on no network and no port is not in it
     assert [(b.task_id, b.node_id) for b in view.services[0].backends] == [("a", "n1")]
     assert [(p.node_id, p.addr, p.network_slice) for p in view.peers] == [("n1", "192.168.0.1", 1)]
+
+
+def test_only_changes_of_tasks_with_an_address_or_a_published_port_recompute_the_view() -> None:
+    """A rolling update of a service on no network changes thousands of tasks: none of them may
+    make the leader recompute the view (a read of every service, node and task) each time."""
+    from minisw.manager.dispatcher.netview import _relevant
+    from minisw.manager.state.store import Event
+
+    def task(state: int, addressed: bool = False, port: bool = False) -> pb.Task:
+        t = pb.Task(id="t", service_id="s", node_id="n1", desired_state=pb.RUNNING)
+        t.status.state = state  # type: ignore[assignment]
+        if addressed:
+            t.status.networks.add(network_id="net", addr="10.1.1.2")
+        if port:
+            t.status.port_status.ports.add(target_port=80, published_port=30000)
+        return t
+
+    plain_up = Event("update", "task", task(pb.RUNNING), task(pb.STARTING))
+    plain_down = Event("update", "task", task(pb.FAILED), task(pb.RUNNING))
+    plain_gone = Event("delete", "task", task(pb.RUNNING), None)
+    assert not any(_relevant(e) for e in (plain_up, plain_down, plain_gone))
+    assert _relevant(Event("update", "task", task(pb.RUNNING, addressed=True), task(pb.STARTING)))
+    assert _relevant(Event("update", "task", task(pb.FAILED), task(pb.RUNNING, addressed=True)))
+    assert _relevant(Event("update", "task", task(pb.RUNNING, port=True), task(pb.STARTING)))
+    assert _relevant(Event("delete", "task", task(pb.RUNNING, addressed=True), None))
+    assert not _relevant(Event("update", "task", task(pb.STARTING, addressed=True), task(pb.ASSIGNED)))
