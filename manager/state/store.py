@@ -294,22 +294,10 @@ class WriteTx(ReadTx):
         self.actions: list[pb.StoreAction] = []
         self.effects: list[Effect] = []
         self._pending: dict[tuple[str, str], Object | None] = {}
-        self._undo: list[tuple[tuple[str, str], bool, Object | None]] = []
 
-    def checkpoint(self) -> tuple[int, int]:
-        """Mark where the next callback starts; ``rollback`` returns here if it raises."""
-        self._undo = []
-        return len(self.actions), len(self.effects)
-
-    def rollback(self, mark: tuple[int, int]) -> None:
-        for key, had, previous in reversed(self._undo):
-            if had:
-                self._pending[key] = previous
-            else:
-                del self._pending[key]
-        self._undo = []
-        del self.actions[mark[0] :]
-        del self.effects[mark[1] :]
+    def written(self) -> set[tuple[str, str]]:
+        """(table, id) of every object this transaction creates, updates or deletes."""
+        return set(self._pending)
 
     def after_commit(self, effect: Effect) -> None:
         """Run ``effect`` once this transaction has committed (at once if it wrote nothing).
@@ -330,9 +318,7 @@ class WriteTx(ReadTx):
         action = pb.StoreAction(kind=kind)
         getattr(action, _FIELD_OF_TABLE[table]).CopyFrom(obj)
         self.actions.append(action)
-        key = (table, obj.id)
-        self._undo.append((key, key in self._pending, self._pending.get(key)))
-        self._pending[key] = None if gone else _copy(obj)
+        self._pending[(table, obj.id)] = None if gone else _copy(obj)
 
     def create(self, obj: Object) -> None:
         self._record(pb.StoreAction.CREATE, obj)
@@ -414,16 +400,19 @@ class MemoryStore:
     async def update(self, fn: Callable[[WriteTx], T]) -> T:
         """Run ``fn`` in a write transaction and commit its changes through Raft.
 
-        Writes go through one queue with one Raft entry in flight: the callbacks of every caller
-        that arrived meanwhile run one after the other on the state the last entry left (each
-        sees the writes of those before it), and their changes commit together as the next entry.
-        Built on the latest state by the only writer, an entry's versions are never stale, so
-        callbacks do not race each other into conflicts and retries (a rolling update's status
-        writes used to lose to its desired-state writes and fall back to one entry per task).
-        An error ``fn`` raises itself is that caller's alone and drops only its changes. If the
-        entry as a whole is refused where it applies, each callback runs again in an entry of its
-        own (a stale version there: a few times). Only the effects ``fn`` registered on the attempt
-        that committed run (``WriteTx.after_commit``), once, before this returns.
+        Writes go through one queue with one Raft entry in flight, and the callers that arrive
+        meanwhile share the next entry: each callback runs on its own transaction over the state
+        the last entry left (the current state: this is the only writer), and joins the entry
+        unless an earlier caller there changes one of its objects (then it waits for the next
+        entry and runs again on the new state). So writers never race into version conflicts and
+        retries, and each caller's changes stay checked against the versions it read. Before,
+        every write was its own entry and they raced: during a rolling update the dispatcher's
+        status writes lost to the updater's and fell back to an entry per task.
+
+        Errors are each caller's own: one ``fn`` raises itself (such as a caller's stale version,
+        found before the entry is proposed) drops only its changes. Only the effects ``fn``
+        registered on the attempt that committed run (``WriteTx.after_commit``), once, before this
+        returns.
         """
         done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._queue.append((fn, done))
@@ -432,66 +421,97 @@ class MemoryStore:
         return await done  # type: ignore[return-value]
 
     async def _write_queued(self) -> None:
-        while self._queue:
-            group, self._queue = self._queue[:MAX_CALLERS_PER_ENTRY], self._queue[MAX_CALLERS_PER_ENTRY:]
-            group = [(fn, done) for fn, done in group if not done.done()]  # a cancelled caller
-            if len(group) == 1 or not await self._commit_group(group):
-                for fn, done in group:
-                    await self._commit_alone(fn, done)
-
-    async def _commit_group(self, group: list[_Write]) -> bool:
-        """Commit ``group`` as one entry; False if the entry was refused where it applied."""
-        with self._lock:
-            tx = WriteTx(self._tables)
-            landed: list[tuple[asyncio.Future[object], object, list[Effect]]] = []
-            for fn, done in group:
-                mark = tx.checkpoint()
+        try:
+            while self._queue:
+                waiting, self._queue = self._queue, []
                 try:
-                    result = fn(tx)
-                except Exception as err:  # that caller's own error: its changes go, the rest stay
-                    tx.rollback(mark)
-                    _settle(done, error=err)
-                    continue
-                landed.append((done, result, tx.effects[mark[1] :]))
-        if tx.actions:
-            try:
-                await self._commit(tx.actions)
-            except _Refused:
-                return False
-            except BaseException as err:  # no quorum, leadership lost: nobody's write was made
-                for done, _, _ in landed:
-                    _settle(done, error=err if isinstance(err, Exception) else asyncio.CancelledError())
-                if not isinstance(err, Exception):
-                    raise
-                return True
-        for done, result, effects in landed:
-            _run_effects(effects)
-            _settle(done, result=result)
-        return True
+                    deferred = await self._commit_next(waiting)
+                except Exception as err:  # a bug of ours: fail these writes, keep the queue going
+                    log.exception("a store write failed")
+                    for _, done in waiting:
+                        _settle(done, error=err)
+                    deferred = []
+                self._queue = deferred + self._queue
+        finally:
+            # Cancelled (the loop is closing): nobody may wait for ever on a write never made.
+            for _, done in self._queue:
+                done.cancel()
+            self._queue = []
 
-    async def _commit_alone(self, fn: Callable[[WriteTx], object], done: asyncio.Future[object]) -> None:
-        for attempt in range(CONFLICT_RETRIES + 1):
-            with self._lock:
+    async def _commit_next(self, waiting: list[_Write]) -> list[_Write]:
+        """Commit what of ``waiting`` fits one entry; return the callers left for the next one."""
+        joined: list[tuple[asyncio.Future[object], Callable[[WriteTx], object], WriteTx, object]] = []
+        deferred: list[_Write] = []
+        touched: set[tuple[str, str]] = set()
+        actions: list[pb.StoreAction] = []
+        with self._lock:
+            for fn, done in waiting:
+                if done.done():
+                    continue  # its caller was cancelled
+                if len(joined) >= MAX_CALLERS_PER_ENTRY:
+                    deferred.append((fn, done))
+                    continue
                 tx = WriteTx(self._tables)
                 try:
                     result = fn(tx)
-                except Exception as err:
-                    _settle(done, error=err)
-                    return
-            if tx.actions:
-                try:
-                    await self._commit(tx.actions)
-                except _Refused as refused:
-                    if isinstance(refused.error, SequenceConflict) and attempt < CONFLICT_RETRIES:
+                    written = tx.written()
+                    if written & touched:
+                        deferred.append((fn, done))  # runs again on the state this entry leaves
                         continue
-                    _settle(done, error=refused.error)
-                    return
+                    if tx.actions:
+                        self._check(pb.Transaction(actions=tx.actions), self.last_index + 1)
                 except Exception as err:
                     _settle(done, error=err)
-                    return
+                    continue
+                touched |= written
+                actions.extend(tx.actions)
+                joined.append((done, fn, tx, result))
+        if not actions:
+            for done, _, tx, result in joined:
+                _run_effects(tx.effects)
+                _settle(done, result=result)
+            return deferred
+        try:
+            await self._commit(actions)
+        except _Refused:
+            # Refused as a whole where it applied (say two new services of one name): each
+            # caller alone, so that only the one at fault fails.
+            for done, fn, _, _ in joined:
+                await self._commit_alone(fn, done)
+            return deferred
+        except Exception as err:  # no quorum, leadership lost: nobody's write was made
+            for done, _, _, _ in joined:
+                _settle(done, error=err)
+            return deferred
+        except BaseException:
+            for done, _, _, _ in joined:
+                done.cancel()
+            raise
+        for done, _, tx, result in joined:
             _run_effects(tx.effects)
             _settle(done, result=result)
+        return deferred
+
+    async def _commit_alone(self, fn: Callable[[WriteTx], object], done: asyncio.Future[object]) -> None:
+        if done.done():
             return
+        try:
+            with self._lock:
+                tx = WriteTx(self._tables)
+                result = fn(tx)
+            if tx.actions:
+                await self._commit(tx.actions)
+        except _Refused as refused:
+            _settle(done, error=refused.error)
+            return
+        except Exception as err:
+            _settle(done, error=err)
+            return
+        except BaseException:
+            done.cancel()
+            raise
+        _run_effects(tx.effects)
+        _settle(done, result=result)
 
     async def batch(self, fns: Iterable[Callable[[WriteTx], object]]) -> list[ManagerError]:
         """Apply many small independent updates; they share entries (see ``update``).
@@ -547,7 +567,7 @@ class MemoryStore:
     def _check(self, entry: pb.Transaction, index: int) -> list[tuple[str, str, Object, Object | None]]:
         staged: dict[tuple[str, str], Object | None] = {}
         names: dict[str, str | None] = {}  # lower-cased service name -> id, as staged
-        read_version: dict[tuple[str, str], int] = {}  # the version writers saw, for objects changed here
+        network_names: set[str] = set()  # networks created in this entry
         out: list[tuple[str, str, Object, Object | None]] = []
 
         def current(table: str, obj_id: str) -> Object | None:
@@ -570,9 +590,7 @@ class MemoryStore:
             elif old is None:
                 raise NotFound(f"{table} {obj.id} not found")
             elif action.kind == pb.StoreAction.UPDATE:
-                # Against the version the entry's writers read: an object's second change within
-                # one entry carries the version it had before the first (see ``update``).
-                if obj.meta.version.index != read_version.get((table, obj.id), old.meta.version.index):
+                if obj.meta.version.index != old.meta.version.index:
                     raise SequenceConflict()
                 obj.meta.created_at.CopyFrom(old.meta.created_at)
             if isinstance(obj, pb.Service) and action.kind != pb.StoreAction.DELETE:
@@ -583,15 +601,16 @@ class MemoryStore:
                     names[old.spec.annotations.name.lower()] = None
                 names[obj.spec.annotations.name.lower()] = obj.id
             if isinstance(obj, pb.Network) and action.kind == pb.StoreAction.CREATE:
-                if obj.spec.annotations.name in self._tables.network_by_name:
-                    raise NameConflict(f"network with name {obj.spec.annotations.name} already exists")
+                name = obj.spec.annotations.name
+                if name in self._tables.network_by_name or name in network_names:
+                    raise NameConflict(f"network with name {name} already exists")
+                network_names.add(name)
             if action.kind == pb.StoreAction.DELETE:
                 if isinstance(old, pb.Service):
                     names[old.spec.annotations.name.lower()] = None
                 staged[(table, obj.id)] = None
                 out.append(("delete", table, _copy(old), old))  # type: ignore[arg-type]
                 continue
-            read_version.setdefault((table, obj.id), target.meta.version.index if old is None else old.meta.version.index)
             obj.meta.version.index = index
             obj.meta.updated_at.CopyFrom(entry.now)
             staged[(table, obj.id)] = obj

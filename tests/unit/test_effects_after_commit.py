@@ -56,51 +56,83 @@ def relabel(sid: str, value: str, runs: list[str], effects: list[str]) -> object
     return fn
 
 
-def test_writers_in_flight_together_share_an_entry_and_see_each_others_writes() -> None:
-    async def scenario() -> tuple[list[str], list[str], str, int]:
+def test_writers_in_flight_together_share_an_entry_unless_they_change_one_object() -> None:
+    async def scenario() -> tuple[list[str], list[str], tuple[str, str], int]:
         store = slow_store()
-        await store.update(lambda tx: tx.create(service("s1", "web")))
+        await store.update(lambda tx: [tx.create(service("s1", "web")), tx.create(service("s2", "api"))])
         before = store.last_index
         runs: list[str] = []
         effects: list[str] = []
         await asyncio.gather(
             store.update(relabel("s1", "a", runs, effects)),  # type: ignore[arg-type]
-            store.update(relabel("s1", "b", runs, effects)),  # type: ignore[arg-type]
+            store.update(relabel("s2", "b", runs, effects)),  # type: ignore[arg-type]
+            store.update(relabel("s1", "c", runs, effects)),  # type: ignore[arg-type]
         )
-        final = store.view(lambda tx: tx.get_service("s1"))
-        assert final is not None
-        return runs, effects, final.spec.annotations.labels["by"], store.last_index - before
+        labels = store.view(lambda tx: [tx.get_service(s).spec.annotations.labels["by"] for s in ("s1", "s2")])  # type: ignore[union-attr]
+        return runs, effects, (labels[0], labels[1]), store.last_index - before
 
-    runs, effects, final, entries = asyncio.run(scenario())
-    assert runs == ["a", "b"]  # no conflict, no re-run: "b" read what "a" wrote
-    assert effects == ["a", "b"]
-    assert final == "b"
-    assert entries == 1
+    runs, effects, labels, entries = asyncio.run(scenario())
+    # "a" and "b" share the first entry; "c" changes what "a" changed, so it waits for the next
+    # entry and runs again on the state "a" left: no conflict, nothing lost.
+    assert runs == ["a", "b", "c", "c"]
+    assert effects == ["a", "b", "c"]
+    assert labels == ("c", "b")
+    assert entries == 2
 
 
 def test_effect_runs_once_after_the_commit_even_when_the_callback_is_retried() -> None:
-    async def scenario() -> tuple[list[str], list[str], str, BaseException | None]:
+    async def scenario() -> tuple[list[str], list[str], str, list[object]]:
         store = slow_store()
         await store.update(lambda tx: tx.create(service("s1", "web")))
         runs: list[str] = []
         effects: list[str] = []
-        # The second writer's entry is refused where it applies (a name taken): the shared entry
-        # fails as a whole, and each writer runs again alone.
+        # Two new services of one name pass their own checks but not together: the shared entry
+        # is refused where it applies, and each writer runs again alone.
         outcome = await asyncio.gather(
             store.update(relabel("s1", "a", runs, effects)),  # type: ignore[arg-type]
-            store.update(lambda tx: tx.create(service("s2", "WEB"))),
+            store.update(lambda tx: tx.create(service("s2", "api"))),
+            store.update(lambda tx: tx.create(service("s3", "API"))),
             return_exceptions=True,
         )
         final = store.view(lambda tx: tx.get_service("s1"))
         assert final is not None
-        error = outcome[1] if isinstance(outcome[1], BaseException) else None
-        return runs, effects, final.spec.annotations.labels["by"], error
+        return runs, effects, final.spec.annotations.labels["by"], outcome
 
-    runs, effects, final, error = asyncio.run(scenario())
-    assert runs == ["a", "a"]  # run in the shared entry, then again alone
+    runs, effects, final, outcome = asyncio.run(scenario())
+    assert runs == ["a", "a"]  # run for the shared entry, then again alone
     assert effects == ["a"]  # but its effect happened once
     assert final == "a"
-    assert isinstance(error, NameConflict)
+    assert outcome[1] is None and isinstance(outcome[2], NameConflict)
+
+
+def test_a_callers_stale_version_fails_that_caller_alone() -> None:
+    async def scenario() -> tuple[list[object], str, str]:
+        store = slow_store()
+        await store.update(lambda tx: [tx.create(service("s1", "web")), tx.create(service("s2", "api"))])
+        stale = store.view(lambda tx: tx.get_service("s1"))
+        assert stale is not None
+        await store.update(relabel("s1", "fresh", [], []))  # type: ignore[arg-type]
+
+        def client_update(tx: WriteTx) -> None:  # a client sends what it read before "fresh"
+            stale.spec.annotations.labels["by"] = "stale"
+            tx.update(stale)
+
+        def boom(tx: WriteTx) -> None:
+            tx.update(tx.get_service("s2"))  # type: ignore[arg-type]
+            raise RuntimeError("a bug in this caller")
+
+        outcome = await asyncio.gather(
+            store.update(client_update),
+            store.update(boom),
+            store.update(relabel("s2", "ok", [], [])),  # type: ignore[arg-type]
+            return_exceptions=True,
+        )
+        labels = store.view(lambda tx: [tx.get_service(s).spec.annotations.labels["by"] for s in ("s1", "s2")])  # type: ignore[union-attr]
+        return outcome, labels[0], labels[1]
+
+    outcome, s1, s2 = asyncio.run(scenario())
+    assert isinstance(outcome[0], SequenceConflict) and isinstance(outcome[1], RuntimeError) and outcome[2] is None
+    assert (s1, s2) == ("fresh", "ok")
 
 
 def test_effect_waits_for_the_commit() -> None:
@@ -186,9 +218,9 @@ def test_batch_runs_each_effect_once_with_the_transaction_that_landed_it() -> No
 
 
 def test_a_retried_restart_counts_once_and_its_zero_delay_start_finds_the_replacement() -> None:
-    """`--restart-delay 0s --restart-max-attempts 2`: the restart transaction shares an entry that
-    is refused (another writer's name is taken) and runs twice. One restart is recorded, and the
-    replacement, created READY, is raised to RUNNING once it exists."""
+    """`--restart-delay 0s --restart-max-attempts 2`: the restart transaction changes the task a
+    status write ahead of it changes, so it waits for the next entry and runs twice. One restart
+    is recorded, and the replacement, created READY, is raised to RUNNING once it exists."""
 
     async def scenario() -> tuple[pb.Task, bool]:
         store = slow_store()
@@ -215,13 +247,7 @@ def test_a_retried_restart_counts_once_and_its_zero_delay_start_finds_the_replac
                 task.status.err = "task: non-zero exit (1)"
                 tx.update(task)
 
-            _, replacement, taken = await asyncio.gather(
-                store.update(report_status),
-                store.update(restart),
-                store.update(lambda tx: tx.create(service("s2", "WEB"))),
-                return_exceptions=True,
-            )
-            assert isinstance(taken, NameConflict) and isinstance(replacement, pb.Task)
+            _, replacement = await asyncio.gather(store.update(report_status), store.update(restart))
             assert replacement is not None and len(runs) == 2
             for _ in range(100):
                 started = store.view(lambda tx: tx.get_task(replacement.id))
