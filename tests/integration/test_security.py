@@ -18,8 +18,10 @@ from cryptography import x509
 from minisw.manager.ca import RootCA
 from minisw.proto import control_pb2 as api
 from minisw.proto import control_pb2_grpc as api_grpc
+from minisw.proto import dispatcher_pb2 as dpb
+from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
 from minisw.proto.pki import MANAGER_OU, new_key_and_csr
-from tests.support.cluster import Cluster, ManagerProc, poll_until
+from tests.support.cluster import Cluster, ManagerProc, operator_channel, poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +110,35 @@ def test_a_worker_certificate_cannot_use_the_control_api(cluster_factory: type) 
         "Error response from daemon: This node is not a swarm manager. Worker nodes can't be used to view or "
         "modify cluster state. Please run this command on a manager node or promote the current node to a manager."
     )
+
+
+def test_a_node_heartbeats_only_for_itself_on_its_stream(cluster_factory: type) -> None:
+    """The heartbeat stream checks the certificate once, when it opens: each message must still
+    name the certificate's own node, and a session of that node."""
+    c: Cluster = cluster_factory().start_managers(1)
+    worker = c.add_agent("w1")
+    other = c.add_agent("w2")
+    ids = {n.description.hostname: n.id for n in c.nodes()}
+
+    def first_answer(node_id: str) -> grpc.RpcError:
+        with operator_channel(c.leader().addr, Path(worker.data_dir, "tls")) as channel:  # the worker's certificate
+            call = dpb_grpc.DispatcherStub(channel).Heartbeats(
+                iter([dpb.HeartbeatRequest(node_id=node_id, session_id="not-a-session")]), timeout=10
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                next(call)
+            return refused.value  # type: ignore[return-value]
+
+    impersonating = first_answer(ids["w2"])
+    assert impersonating.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert "not node" in impersonating.details()  # type: ignore[attr-defined]
+    stale = first_answer(ids["w1"])
+    assert stale.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "session invalid" in stale.details()  # type: ignore[attr-defined]
+    # Both agents' own streams go on: neither node is marked down.
+    time.sleep(3)
+    assert c.node_state("w1") == c.node_state("w2") == 2  # READY
+    assert other.running() and worker.running()
 
 
 def _not_before(path: Path) -> dt.datetime:
