@@ -26,7 +26,7 @@ from minisw.manager.controlapi.server import ControlServer, LogSubscriptions
 from minisw.manager.errors import FailedPrecondition, InvalidArgument, NoQuorum
 from minisw.manager.forward import LeaderForwarder
 from minisw.manager.leadership import Component, LeaderTerm, same_leader_term
-from minisw.manager.loopwatch import watch_loop
+from minisw.manager.loopwatch import keep_collections_short, watch_loop
 from minisw.manager.state.raft import RaftNode, quorum_message
 from minisw.manager.state.store import MemoryStore
 from minisw.proto import ca_pb2_grpc as capb_grpc
@@ -261,6 +261,7 @@ class ManagerNode:
         for start in self.side_services:
             self._spawn(start(self))
         self._spawn(watch_loop())
+        keep_collections_short()
         self._spawn(
             renew_forever(lambda: [state.listen, *[a for _, a in self.manager_addrs()]], self.tls, lambda: None)
         )

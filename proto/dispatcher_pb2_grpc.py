@@ -90,8 +90,8 @@ class DispatcherServicer:
 
     def Heartbeats(self, request_iterator, context):
         """The same, as one stream per session: each request answered in turn. What agents use: a
-        message on an open stream costs the leader a third of a call (no new HTTP/2 stream, the
-        certificate checked once), so heartbeats stay at 1 s up to 1,000 nodes.
+        message on an open stream costs about a third of a call (no new HTTP/2 stream, the
+        certificate checked once). The unary call stays for agents of earlier versions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,8 +38,8 @@ class DispatcherStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]
     Heartbeats: _grpc.StreamStreamMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]
     """The same, as one stream per session: each request answered in turn. What agents use: a
-    message on an open stream costs the leader a third of a call (no new HTTP/2 stream, the
-    certificate checked once), so heartbeats stay at 1 s up to 1,000 nodes.
+    message on an open stream costs about a third of a call (no new HTTP/2 stream, the
+    certificate checked once). The unary call stays for agents of earlier versions.
     """
     Assignments: _grpc.UnaryStreamMultiCallable[_dispatcher_pb2.AssignmentsRequest, _dispatcher_pb2.AssignmentsMessage]
     """A COMPLETE set first, then INCREMENTAL changes, each with a sequence number."""
@@ -61,8 +61,8 @@ class DispatcherAsyncStub(DispatcherStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]  # type: ignore[assignment]
     Heartbeats: _aio.StreamStreamMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """The same, as one stream per session: each request answered in turn. What agents use: a
-    message on an open stream costs the leader a third of a call (no new HTTP/2 stream, the
-    certificate checked once), so heartbeats stay at 1 s up to 1,000 nodes.
+    message on an open stream costs about a third of a call (no new HTTP/2 stream, the
+    certificate checked once). The unary call stays for agents of earlier versions.
     """
     Assignments: _aio.UnaryStreamMultiCallable[_dispatcher_pb2.AssignmentsRequest, _dispatcher_pb2.AssignmentsMessage]  # type: ignore[assignment]
     """A COMPLETE set first, then INCREMENTAL changes, each with a sequence number."""
@@ -99,8 +99,8 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_dispatcher_pb2.HeartbeatResponse], _abc.AsyncIterator[_dispatcher_pb2.HeartbeatResponse]]:
         """The same, as one stream per session: each request answered in turn. What agents use: a
-        message on an open stream costs the leader a third of a call (no new HTTP/2 stream, the
-        certificate checked once), so heartbeats stay at 1 s up to 1,000 nodes.
+        message on an open stream costs about a third of a call (no new HTTP/2 stream, the
+        certificate checked once). The unary call stays for agents of earlier versions.
         """
 
     @_abc_1.abstractmethod

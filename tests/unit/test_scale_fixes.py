@@ -248,7 +248,4 @@ def test_heartbeat_period_grows_only_past_the_leaders_budget() -> None:
     assert dispatcher.node_period() == 1.0  # 200 nodes: still 1 s
     for i in range(200, 1000):
         dispatcher._sessions[f"n{i}"] = d._Session(f"n{i}", "s", 0.0)
-    assert dispatcher.node_period() == 1.0  # 1,000 nodes: still 1 s (heartbeats on streams)
-    for i in range(1000, 5000):
-        dispatcher._sessions[f"n{i}"] = d._Session(f"n{i}", "s", 0.0)
-    assert dispatcher.node_period() == 5.0  # 5,000 nodes: Swarm's 5 s
+    assert dispatcher.node_period() == 5.0  # 1,000 nodes: Swarm's 5 s
