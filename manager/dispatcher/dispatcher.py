@@ -520,13 +520,7 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest, context: Any) -> dpb.HeartbeatResponse:
         await self._peer(context, request.node_id)
-        dispatcher = await self._dispatcher(context)
-        try:
-            period = dispatcher.heartbeat(request.node_id, request.session_id)
-        except _Refused as err:
-            await context.abort(err.code, str(err))
-            raise
-        return dpb.HeartbeatResponse(period=duration(period))
+        return await self._beat(request, context)
 
     async def Heartbeats(
         self, requests: AsyncIterator[dpb.HeartbeatRequest], context: Any
@@ -542,13 +536,16 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
             if count % PEER_RECHECK == 0:
                 await self._peer(context, request.node_id)
-            dispatcher = await self._dispatcher(context)
-            try:
-                period = dispatcher.heartbeat(request.node_id, request.session_id)
-            except _Refused as err:
-                await context.abort(err.code, str(err))
-                raise
-            yield dpb.HeartbeatResponse(period=duration(period))
+            yield await self._beat(request, context)
+
+    async def _beat(self, request: dpb.HeartbeatRequest, context: Any) -> dpb.HeartbeatResponse:
+        dispatcher = await self._dispatcher(context)
+        try:
+            period = dispatcher.heartbeat(request.node_id, request.session_id)
+        except _Refused as err:
+            await context.abort(err.code, str(err))
+            raise
+        return dpb.HeartbeatResponse(period=duration(period))
 
     async def Assignments(self, request: dpb.AssignmentsRequest, context: Any) -> AsyncIterator[dpb.AssignmentsMessage]:
         await self._peer(context, request.node_id)
