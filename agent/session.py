@@ -170,23 +170,18 @@ class Session:
             await self._on_registered(registered)
 
     async def _heartbeats(self, stub: dpb_grpc.DispatcherStub, node_id: str, session_id: str, period: float) -> None:
-        """One heartbeat a period on one stream, each answered with the period to keep."""
-        call = stub.Heartbeats()
-        request = dpb.HeartbeatRequest(node_id=node_id, session_id=session_id)
-        try:
-            while True:
-                await call.write(request)
-                try:
-                    reply = await asyncio.wait_for(call.read(), period * HEARTBEAT_TIMEOUT_PERIODS)
-                except TimeoutError:
+        while True:
+            try:
+                reply = await stub.Heartbeat(
+                    dpb.HeartbeatRequest(node_id=node_id, session_id=session_id),
+                    timeout=period * HEARTBEAT_TIMEOUT_PERIODS,
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise Unresponsive(f"{self.addr} did not answer a heartbeat in time") from None
-                if reply is grpc.aio.EOF:
-                    await call  # the manager's reason, as an AioRpcError
-                    raise SessionEnded("the manager ended the heartbeat stream")
-                period = seconds(reply.period) or period
-                await asyncio.sleep(period)
-        finally:
-            call.cancel()
+                raise
+            period = seconds(reply.period) or period
+            await asyncio.sleep(period)
 
     async def _assignments(self, stub: dpb_grpc.DispatcherStub, node_id: str, session_id: str) -> None:
         stream = stub.Assignments(dpb.AssignmentsRequest(node_id=node_id, session_id=session_id))

@@ -44,11 +44,6 @@ class DispatcherStub:
                 request_serializer=minisw_dot_proto_dot_dispatcher__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=minisw_dot_proto_dot_dispatcher__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
-        self.Heartbeats = channel.stream_stream(
-                '/minisw.Dispatcher/Heartbeats',
-                request_serializer=minisw_dot_proto_dot_dispatcher__pb2.HeartbeatRequest.SerializeToString,
-                response_deserializer=minisw_dot_proto_dot_dispatcher__pb2.HeartbeatResponse.FromString,
-                _registered_method=True)
         self.Assignments = channel.unary_stream(
                 '/minisw.Dispatcher/Assignments',
                 request_serializer=minisw_dot_proto_dot_dispatcher__pb2.AssignmentsRequest.SerializeToString,
@@ -84,15 +79,6 @@ class DispatcherServicer:
 
     def Heartbeat(self, request, context):
         """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Heartbeats(self, request_iterator, context):
-        """The same, as one stream per session: each request answered in turn. What agents use: a
-        message on an open stream costs about a third of a call (no new HTTP/2 stream, the
-        certificate checked once). The unary call stays for agents of earlier versions.
-        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -135,11 +121,6 @@ def add_DispatcherServicer_to_server(servicer, server):
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
-                    request_deserializer=minisw_dot_proto_dot_dispatcher__pb2.HeartbeatRequest.FromString,
-                    response_serializer=minisw_dot_proto_dot_dispatcher__pb2.HeartbeatResponse.SerializeToString,
-            ),
-            'Heartbeats': grpc.stream_stream_rpc_method_handler(
-                    servicer.Heartbeats,
                     request_deserializer=minisw_dot_proto_dot_dispatcher__pb2.HeartbeatRequest.FromString,
                     response_serializer=minisw_dot_proto_dot_dispatcher__pb2.HeartbeatResponse.SerializeToString,
             ),
@@ -216,33 +197,6 @@ class Dispatcher:
             request,
             target,
             '/minisw.Dispatcher/Heartbeat',
-            minisw_dot_proto_dot_dispatcher__pb2.HeartbeatRequest.SerializeToString,
-            minisw_dot_proto_dot_dispatcher__pb2.HeartbeatResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Heartbeats(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/minisw.Dispatcher/Heartbeats',
             minisw_dot_proto_dot_dispatcher__pb2.HeartbeatRequest.SerializeToString,
             minisw_dot_proto_dot_dispatcher__pb2.HeartbeatResponse.FromString,
             options,

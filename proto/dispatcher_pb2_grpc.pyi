@@ -36,11 +36,6 @@ class DispatcherStub:
     then the manager list whenever it changes.
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]
-    Heartbeats: _grpc.StreamStreamMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]
-    """The same, as one stream per session: each request answered in turn. What agents use: a
-    message on an open stream costs about a third of a call (no new HTTP/2 stream, the
-    certificate checked once). The unary call stays for agents of earlier versions.
-    """
     Assignments: _grpc.UnaryStreamMultiCallable[_dispatcher_pb2.AssignmentsRequest, _dispatcher_pb2.AssignmentsMessage]
     """A COMPLETE set first, then INCREMENTAL changes, each with a sequence number."""
     UpdateTaskStatus: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.UpdateTaskStatusRequest, _dispatcher_pb2.UpdateTaskStatusResponse]
@@ -59,11 +54,6 @@ class DispatcherAsyncStub(DispatcherStub):
     then the manager list whenever it changes.
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]  # type: ignore[assignment]
-    Heartbeats: _aio.StreamStreamMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]  # type: ignore[assignment]
-    """The same, as one stream per session: each request answered in turn. What agents use: a
-    message on an open stream costs about a third of a call (no new HTTP/2 stream, the
-    certificate checked once). The unary call stays for agents of earlier versions.
-    """
     Assignments: _aio.UnaryStreamMultiCallable[_dispatcher_pb2.AssignmentsRequest, _dispatcher_pb2.AssignmentsMessage]  # type: ignore[assignment]
     """A COMPLETE set first, then INCREMENTAL changes, each with a sequence number."""
     UpdateTaskStatus: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.UpdateTaskStatusRequest, _dispatcher_pb2.UpdateTaskStatusResponse]  # type: ignore[assignment]
@@ -91,17 +81,6 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         request: _dispatcher_pb2.HeartbeatRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dispatcher_pb2.HeartbeatResponse, _abc.Awaitable[_dispatcher_pb2.HeartbeatResponse]]: ...
-
-    @_abc_1.abstractmethod
-    def Heartbeats(
-        self,
-        request_iterator: _MaybeAsyncIterator[_dispatcher_pb2.HeartbeatRequest],
-        context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_dispatcher_pb2.HeartbeatResponse], _abc.AsyncIterator[_dispatcher_pb2.HeartbeatResponse]]:
-        """The same, as one stream per session: each request answered in turn. What agents use: a
-        message on an open stream costs about a third of a call (no new HTTP/2 stream, the
-        certificate checked once). The unary call stays for agents of earlier versions.
-        """
 
     @_abc_1.abstractmethod
     def Assignments(

@@ -36,11 +36,7 @@ log = logging.getLogger(__name__)
 
 LEADER_METADATA = "minisw-leader"
 GRACE_MULTIPLIER = 3  # heartbeats missed before a node is DOWN
-# Beyond this many nodes the period grows (node_period): 5 s, Swarm's, at 1,000. The leader could
-# take more on the Heartbeats stream; at 400 a second the 1,000 simulated nodes of bench_scale.py
-# and the two followers beside them no longer fit on one core, and the followers called elections.
-MAX_HEARTBEATS_PER_SECOND = 200
-PEER_RECHECK = 10  # heartbeat messages between two checks of the caller's certificate
+MAX_HEARTBEATS_PER_SECOND = 200  # beyond this many nodes the period grows (node_period)
 START_GRACE_MULTIPLIER = 6  # after a leader change, time for agents to come back
 STATUS_FLUSH = 0.02  # how long task statuses gather before one store write (the last one is on the clock)
 MAX_STATUS_BATCH = 10_000
@@ -520,25 +516,6 @@ class DispatcherServer(dpb_grpc.DispatcherServicer):
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest, context: Any) -> dpb.HeartbeatResponse:
         await self._peer(context, request.node_id)
-        return await self._beat(request, context)
-
-    async def Heartbeats(
-        self, requests: AsyncIterator[dpb.HeartbeatRequest], context: Any
-    ) -> AsyncIterator[dpb.HeartbeatResponse]:
-        """Heartbeats on one stream. The certificate is checked when it opens and again every
-        PEER_RECHECK messages (a node removed meanwhile is cut off); the leader at each message."""
-        node_id = await self._peer(context, None)
-        count = 0
-        async for request in requests:
-            count += 1
-            if node_id and request.node_id != node_id:
-                denied = f"this certificate is not node {request.node_id}'s"
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
-            if count % PEER_RECHECK == 0:
-                await self._peer(context, request.node_id)
-            yield await self._beat(request, context)
-
-    async def _beat(self, request: dpb.HeartbeatRequest, context: Any) -> dpb.HeartbeatResponse:
         dispatcher = await self._dispatcher(context)
         try:
             period = dispatcher.heartbeat(request.node_id, request.session_id)
