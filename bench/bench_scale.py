@@ -19,7 +19,9 @@ and the JSON keeps what was measured with ``failed_phase`` and ``error``):
   (a paused agent); seconds until the node is DOWN, and until T tasks run again on the other nodes;
 - ``update_tasks_per_s``: ``service update --image ... --update-parallelism 100 --update-delay 0s``
   of every task: T / (the update's completion time in the store - its start - the monitor period,
-  which the updater waits once after the last task);
+  which the updater waits once after the last task); and where a slot's time goes, as medians
+  (``update_slot_*_s_median``: the update's start to the slot's new task, that to the old task
+  reported stopped, that to the new one reported running; ``*_at_agent_*``: as the agent saw it);
 - ``failover_new_leader_s`` / ``failover_nodes_back_s``: SIGKILL of the leader until another manager
   leads, and until the new leader lists every simulated node READY with a newer version than before
   the kill (every node registered again with its dispatcher).

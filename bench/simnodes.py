@@ -50,6 +50,7 @@ from minisw.agent.logs import LogPublisher
 from minisw.agent.reporter import StatusReporter
 from minisw.agent.session import NotLeader, Refused, Registered, Session, Unresponsive
 from minisw.agent.worker import Worker
+from minisw.manager.loopwatch import keep_collections_short
 from minisw.proto import dispatcher_pb2 as dpb
 from minisw.proto import dispatcher_pb2_grpc as dpb_grpc
 from minisw.proto import objects_pb2 as pb
@@ -453,6 +454,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     os.makedirs(args.dir, exist_ok=True)
+    # A thousand agents in one process make one large heap: untuned, its full garbage collections
+    # held all the simulated nodes' heartbeats at once (a real agent's heap is small).
+    keep_collections_short()
     simulation = Simulation(args)
     try:
         asyncio.run(simulation.run())
