@@ -45,6 +45,9 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
     c = Cluster(tmp_path_factory.mktemp("nodes"))
     try:
         c.start_managers(1)
+        # First, while manager1's node is not yet DOWN (it runs no agent: a new leader gives it 6
+        # heartbeat periods): a global service gets a task only on nodes that are not DOWN.
+        c.cli_ok("service", "create", "-d", "--name", "everywhere", "--mode", "global", "minisw/web:1")
         w1 = c.add_agent("w1", extra=["--control-listen", f"{c.subnet}.101:4242"])
         c.add_agent("w2")
         c.cli_ok("node", "promote", "w1")
@@ -63,7 +66,6 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
             "1",
             "minisw/web:1",
         )
-        c.cli_ok("service", "create", "-d", "--name", "everywhere", "--mode", "global", "minisw/web:1")
         poll_until(
             lambda: len(c.running_tasks("web")) == 2 and len(c.running_tasks("everywhere")) == 2,
             60,
