@@ -35,13 +35,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEADER_METADATA = "minisw-leader"
-# A node is declared down after 3 heartbeat periods without one (a new leader waits 6 before it
-# judges): a manager that freezes must be left before that, so no call to it may wait longer.
+# A node is declared down 3 heartbeat periods after its last heartbeat reached the leader: a
+# manager that freezes must be left before that, so no call to it may wait longer than these. An
+# agent sleeps one period between heartbeats, so it must give up on one within 2 periods, or the
+# leader marks its node down while it still waits (2.5 did exactly that at 700 simulated nodes).
 REGISTER_TIMEOUT = 2.0  # TLS handshake and registration (one Raft write) on a live leader: milliseconds
-# But a slow answer from a busy leader is not a dead one: giving up after 1.5 periods made all of a
-# loaded leader's nodes register again at once, which loaded it more (nodes marked down, elections).
-# 2.5 still leaves half a period to reach the leader again before the node counts as down.
-HEARTBEAT_TIMEOUT_PERIODS = 2.5
+HEARTBEAT_TIMEOUT_PERIODS = 1.5
 # gRPC keepalive: a connection whose peer stopped answering fails even between calls.
 KEEPALIVE: list[tuple[str, object]] = [
     ("grpc.keepalive_time_ms", 2000),
