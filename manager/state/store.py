@@ -1,15 +1,16 @@
 """MemoryStore: the cluster's desired and observed state, the spine every component hangs on.
 
 Reads run against the applied state under a short lock. Writes are built in a ``WriteTx`` (a
-synchronous callback: never await inside it), turned into one ``Transaction`` and handed to the
-proposer (Raft). Every replica then runs ``apply_entry`` with the same bytes and the same Raft
-index, so the checks made there (existence, case-insensitive service names, optimistic versions)
-give the same verdict everywhere. With no proposer (unit tests, benchmarks of pure logic) entries
-apply at once.
+synchronous callback: never await inside it); the callers waiting while one entry commits share
+the next ``Transaction`` handed to the proposer (Raft), as ``update`` explains. Every replica then
+runs ``apply_entry`` with the same bytes and the same Raft index, so the checks made there
+(existence, case-insensitive names, versions) give the same verdict everywhere. With no proposer
+(unit tests, benchmarks of pure logic) entries apply at once.
 
-A callback may run more than once (a version conflict re-runs it on the new state), so it must
-not act beyond its transaction: whatever else it wants done (start a timer or an updater, count
-something) it registers with ``tx.after_commit``, and that runs once, after the commit.
+A callback may run more than once (when another caller in its entry changes one of its objects,
+or its entry is refused as a whole), so it must not act beyond its transaction: whatever else it
+wants done (start a timer or an updater, count something) it registers with ``tx.after_commit``,
+and that runs once, after the commit.
 
 ``apply_entry`` is called from the Raft library's thread; watchers live on the asyncio loop and
 get events through ``call_soon_threadsafe``.
