@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 
 # swarmkit caps a batch's transactions at 200 changes; a Raft entry stays small that way.
 MAX_CHANGES_PER_TRANSACTION = 200
-CONFLICT_RETRIES = 5
 MAX_CALLERS_PER_ENTRY = MAX_CHANGES_PER_TRANSACTION  # callers whose writes share one entry, at most
 
 _TABLE_OF = {pb.Service: "service", pb.Task: "task", pb.Node: "node", pb.Cluster: "cluster", pb.Network: "network"}
@@ -474,11 +473,14 @@ class MemoryStore:
             return deferred
         try:
             await self._commit(actions)
-        except _Refused:
+        except _Refused as refused:
+            if len(joined) == 1:
+                _settle(joined[0][0], error=refused.error)
+                return deferred
             # Refused as a whole where it applied (say two new services of one name): each
             # caller alone, so that only the one at fault fails.
             for done, fn, _, _ in joined:
-                await self._commit_alone(fn, done)
+                await self._commit_next([(fn, done)])
             return deferred
         except Exception as err:  # no quorum, leadership lost: nobody's write was made
             for done, _, _, _ in joined:
@@ -492,27 +494,6 @@ class MemoryStore:
             _run_effects(tx.effects)
             _settle(done, result=result)
         return deferred
-
-    async def _commit_alone(self, fn: Callable[[WriteTx], object], done: asyncio.Future[object]) -> None:
-        if done.done():
-            return
-        try:
-            with self._lock:
-                tx = WriteTx(self._tables)
-                result = fn(tx)
-            if tx.actions:
-                await self._commit(tx.actions)
-        except _Refused as refused:
-            _settle(done, error=refused.error)
-            return
-        except Exception as err:
-            _settle(done, error=err)
-            return
-        except BaseException:
-            done.cancel()
-            raise
-        _run_effects(tx.effects)
-        _settle(done, result=result)
 
     async def batch(self, fns: Iterable[Callable[[WriteTx], object]]) -> list[ManagerError]:
         """Apply many small independent updates; they share entries (see ``update``).
